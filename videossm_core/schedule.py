@@ -1,0 +1,199 @@
+"""Prompt timelines: parse, validate, and map times to chunk boundaries. Pure logic, no torch.
+
+Text syntax (one entry per line, see docs/DESIGN.md; ``web/timeline_model.js`` implements the same):
+
+    0s: a red circle bouncing on a dark background
+    12.5s: a red circle sliding left on a dark background
+    1m: a blue square orbiting on a striped background
+    # comments and blank lines are ignored
+    960f: ...            (video frames at the schedule's fps)
+
+Prompts can only change at chunk boundaries: chunk 0 covers video frames 0-8 and every later chunk
+12 frames (3 latent frames), so each time snaps to the nearest boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from .config import DEFAULT_FPS, VAE_TEMPORAL_STRIDE
+
+_TIME_RE = re.compile(
+    r"^(?:(?P<min>\d+(?:\.\d+)?)m(?:(?P<msec>\d+(?:\.\d+)?)s?)?|(?P<sec>\d+(?:\.\d+)?)s?|(?P<frames>\d+)f)$")
+
+
+class ScheduleError(ValueError):
+    """A malformed schedule; ``line`` is the 1-based line (or JSON entry) at fault, 0 if none."""
+
+    def __init__(self, line: int, message: str):
+        self.line = line
+        self.message = message
+        super().__init__(f"line {line}: {message}" if line else message)
+
+
+def parse_time(token: str, fps: int = DEFAULT_FPS) -> float:
+    """'12', '12.5s', '1m30s', '2m' or '40f' -> seconds. Raises ValueError for anything else."""
+    match = _TIME_RE.match(token.strip().lower().replace(" ", ""))
+    if not match:
+        raise ValueError(f"{token!r} is not a time; write seconds ('12.5s'), minutes ('1m30s') or frames ('40f')")
+    if match["frames"] is not None:
+        return int(match["frames"]) / fps
+    if match["min"] is not None:
+        return float(match["min"]) * 60.0 + float(match["msec"] or 0.0)
+    return float(match["sec"])
+
+
+def format_time(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def chunk_start_frame(chunk: int, chunk_frames: int = 3) -> int:
+    """First video frame of a chunk: 0, then 1 + 4 * (first latent frame - 1)."""
+    latent = chunk * chunk_frames
+    return 0 if latent == 0 else 1 + VAE_TEMPORAL_STRIDE * (latent - 1)
+
+
+def chunk_start_seconds(chunk: int, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> float:
+    return chunk_start_frame(chunk, chunk_frames) / fps
+
+
+def video_frames_for_chunks(num_chunks: int, chunk_frames: int = 3) -> int:
+    return 0 if num_chunks <= 0 else chunk_start_frame(num_chunks, chunk_frames)
+
+
+def chunks_for_duration(seconds: float, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> int:
+    """The fewest chunks whose video lasts at least ``seconds``."""
+    if seconds <= 0:
+        raise ValueError(f"a video must last more than 0 s, got {seconds}")
+    frames = math.ceil(seconds * fps - 1e-9)
+    n = 1
+    while video_frames_for_chunks(n, chunk_frames) < frames:
+        n += 1
+    return n
+
+
+def snap_to_chunk(seconds: float, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> int:
+    """Index of the chunk boundary nearest to ``seconds`` (ties go to the earlier chunk)."""
+    frame = seconds * fps
+    per_chunk = VAE_TEMPORAL_STRIDE * chunk_frames
+    guess = max(0, int(round((frame + VAE_TEMPORAL_STRIDE - 1) / per_chunk)))
+    candidates = [k for k in (guess - 1, guess, guess + 1) if k >= 0]
+    return min(candidates, key=lambda k: (abs(chunk_start_frame(k, chunk_frames) - frame), k))
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    time: float  # seconds, as written
+    prompt: str
+    line: int  # 1-based source line (or JSON entry)
+    chunk: int  # chunk at which the prompt takes over
+
+
+@dataclass(frozen=True)
+class PromptSchedule:
+    entries: tuple[ScheduleEntry, ...]
+    fps: int = DEFAULT_FPS
+    chunk_frames: int = 3
+
+    @property
+    def prompts(self) -> list[str]:
+        return [e.prompt for e in self.entries]
+
+    def segment_starts(self) -> list[tuple[int, str]]:
+        """(start chunk, prompt) per entry."""
+        return [(e.chunk, e.prompt) for e in self.entries]
+
+    def prompt_at_chunk(self, chunk: int) -> str:
+        current = self.entries[0].prompt
+        for e in self.entries:
+            if e.chunk <= chunk:
+                current = e.prompt
+        return current
+
+    def to_text(self) -> str:
+        return "".join(f"{format_time(e.time)}: {e.prompt}\n" for e in self.entries)
+
+    def to_json(self) -> str:
+        return json.dumps({"fps": self.fps, "prompts": [{"time": format_time(e.time), "prompt": e.prompt}
+                                                        for e in self.entries]})
+
+    def check_duration(self, seconds: float) -> None:
+        """Raise ScheduleError if a prompt starts after a video of ``seconds`` ends."""
+        last_chunk = chunks_for_duration(seconds, self.fps, self.chunk_frames) - 1
+        for e in self.entries:
+            if e.chunk > last_chunk:
+                raise ScheduleError(e.line, f"this prompt starts at {format_time(e.time)}, after the video ends "
+                                            f"({seconds:g} s); lengthen the video or move the prompt earlier")
+
+
+def _build(raw: list[tuple[int, str, str]], fps: int, chunk_frames: int) -> PromptSchedule:
+    """raw: (line, time token, prompt)."""
+    if fps <= 0:
+        raise ScheduleError(0, f"fps must be positive, got {fps}")
+    if not raw:
+        raise ScheduleError(0, "the schedule is empty; write at least one line like '0s: a red circle ...'")
+    entries: list[ScheduleEntry] = []
+    for line, token, prompt in raw:
+        try:
+            seconds = parse_time(token, fps)
+        except ValueError as err:
+            raise ScheduleError(line, str(err)) from None
+        prompt = prompt.strip()
+        if not prompt:
+            raise ScheduleError(line, "the prompt is empty")
+        if not entries and seconds != 0:
+            raise ScheduleError(line, f"the first prompt must start at 0s (it starts at {format_time(seconds)}); "
+                                      "every moment of the video needs a prompt")
+        if entries and seconds <= entries[-1].time:
+            raise ScheduleError(line, f"times must increase: {format_time(seconds)} is not after "
+                                      f"{format_time(entries[-1].time)} (line {entries[-1].line})")
+        chunk = snap_to_chunk(seconds, fps, chunk_frames)
+        if entries and chunk == entries[-1].chunk:
+            step = 4 * chunk_frames / fps
+            raise ScheduleError(line, f"{format_time(seconds)} falls on the same chunk as line {entries[-1].line} "
+                                      f"({format_time(entries[-1].time)}); prompts can change every {step:g} s, "
+                                      "so move this one later")
+        entries.append(ScheduleEntry(seconds, prompt, line, chunk))
+    return PromptSchedule(tuple(entries), fps, chunk_frames)
+
+
+def parse_schedule_text(text: str, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> PromptSchedule:
+    raw = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if ":" not in stripped:
+            raise ScheduleError(number, f"expected 'TIME: PROMPT', got {stripped[:60]!r}")
+        token, prompt = stripped.split(":", 1)
+        raw.append((number, token, prompt))
+    return _build(raw, fps, chunk_frames)
+
+
+def parse_schedule_json(text: str, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> PromptSchedule:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ScheduleError(err.lineno, f"invalid JSON: {err.msg}") from None
+    if isinstance(data, dict):
+        fps = int(data.get("fps", fps))
+        data = data.get("prompts")
+    if not isinstance(data, list):
+        raise ScheduleError(0, 'JSON schedules are a list of {"time": ..., "prompt": ...} '
+                               'or {"fps": 16, "prompts": [...]}')
+    raw = []
+    for i, item in enumerate(data, start=1):
+        if not isinstance(item, dict) or "prompt" not in item or "time" not in item:
+            raise ScheduleError(i, 'each JSON entry needs "time" and "prompt"')
+        raw.append((i, str(item["time"]), str(item["prompt"])))
+    return _build(raw, fps, chunk_frames)
+
+
+def parse_schedule(text: str, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> PromptSchedule:
+    """Parse the text syntax, or JSON when the text starts with '[' or '{'."""
+    if text.lstrip().startswith(("[", "{")):
+        return parse_schedule_json(text, fps, chunk_frames)
+    return parse_schedule_text(text, fps, chunk_frames)
