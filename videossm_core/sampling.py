@@ -106,11 +106,13 @@ class StreamSampler:
         return flow.float(), new_next
 
     # ------------------------------------------------------------------ prompt handling
+    @torch.no_grad()
     def set_prompt_inplace(self, state: StreamState, segment: PromptSegment, index: int) -> None:
         for name, context in self._branch_contexts(state, segment).items():
             self.model.set_prompt_inplace(state.branches[name], context.to(self.model.device))
         state.prompt, state.segment_index = segment.prompt, index
 
+    @torch.no_grad()
     def switch_prompt_inplace(self, state: StreamState, segment: PromptSegment, index: int) -> None:
         """LongLive re-cache: new cross-attention K/V, then the cached non-sink frames are recomputed
         from their clean latents under the new prompt at the context timestep. Sink and global

@@ -736,12 +736,14 @@ def measure_frame(frame: np.ndarray, background: str | np.ndarray | None = None)
     diff = np.abs(img - bg).max(-1)
     coarse = diff > _FG_THRESHOLD
 
-    # Undo a horizontal wrap: roll an empty column to the left edge so the object is in one piece.
+    # Undo a horizontal wrap: roll the middle of the widest empty gap to the left edge (one piece).
     roll = 0
     if coarse[:, 0].any() and coarse[:, -1].any():
-        empty = np.nonzero(~coarse.any(0))[0]
-        if len(empty):
-            roll = int(empty[0])
+        occupied = np.nonzero(coarse.any(0))[0]
+        if len(occupied) < w:  # cut in the middle of the widest empty gap, clear of faint edges
+            cols = np.arange(w)
+            gap = np.abs(cols[:, None] - occupied[None, :])
+            roll = int(np.argmax(np.minimum(gap, w - gap).min(1)))
             img, bg, diff, coarse = (np.roll(a, -roll, axis=1) for a in (img, np.asarray(bg), diff, coarse))
     blob = _largest_component(coarse)
     if blob.sum() < 3:

@@ -1,0 +1,256 @@
+"""The procedural demo world: prompt grammar, rendering, continuity, dataset helpers and measurement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from videossm_core.demo.world import (
+    BACKGROUNDS,
+    COLOURS,
+    MOTIONS,
+    SHAPES,
+    SceneSpec,
+    all_prompts,
+    dynamic_degree,
+    is_valid_frame_count,
+    measure_clip,
+    measure_frame,
+    parse_prompt,
+    prompt_words,
+    render_clip,
+    render_long_clip,
+    sample_clip,
+    sample_spec,
+    sample_switch_clip,
+)
+
+WALLED = [m for m in MOTIONS if not m.startswith("sliding")]
+
+
+def torus_distance(a, b, width):
+    """Distance between two centroids on the world's horizontal torus."""
+    dx = abs(a[0] - b[0])
+    return float(np.hypot(min(dx, width - dx), a[1] - b[1]))
+
+
+# ---------------------------------------------------------------------------------------- grammar
+
+
+def test_vocabulary_sizes():
+    assert len(COLOURS) >= 8 and len(SHAPES) >= 4 and len(MOTIONS) >= 4 and len(BACKGROUNDS) >= 3
+    assert {"red", "green", "blue", "yellow", "white", "orange", "purple", "cyan"} <= set(COLOURS)
+    assert {"circle", "square", "triangle"} <= set(SHAPES)
+
+
+def test_all_prompts_round_trip():
+    prompts = all_prompts()
+    assert len(prompts) == len(set(prompts)) == len(COLOURS) * len(SHAPES) * len(MOTIONS) * len(BACKGROUNDS)
+    for prompt in prompts:
+        assert parse_prompt(prompt).prompt() == prompt
+    words = set(prompt_words())
+    assert all(set(p.split()) <= words for p in prompts)
+
+
+def test_parse_is_tolerant_to_case_spaces_and_full_stop():
+    spec = parse_prompt("  A  Red CIRCLE   sliding   Left on an DARK background. ")
+    assert spec == SceneSpec("red", "circle", "sliding left", "dark")
+    assert spec.prompt() == "a red circle sliding left on a dark background"
+
+
+@pytest.mark.parametrize("prompt, word", [
+    ("a magenta circle bouncing on a dark background", "magenta"),
+    ("a red hexagon bouncing on a dark background", "hexagon"),
+    ("a red circle spinning on a dark background", "spinning"),
+    ("a red circle sliding up on a dark background", "sliding up"),
+    ("a red circle bouncing on a plaid background", "plaid"),
+])
+def test_parse_names_the_unknown_word(prompt, word):
+    with pytest.raises(ValueError, match=word):
+        parse_prompt(prompt)
+
+
+@pytest.mark.parametrize("prompt", ["", "red circle", "a red circle bouncing", "a red circle on a dark background",
+                                    "a red circle bouncing on a dark", "a red circle bouncing in a dark background"])
+def test_parse_rejects_other_sentences(prompt):
+    with pytest.raises(ValueError, match="expected"):
+        parse_prompt(prompt)
+
+
+def test_scene_spec_validates():
+    with pytest.raises(ValueError, match="unknown colour"):
+        SceneSpec("pink", "circle", "bouncing", "dark")
+
+
+# -------------------------------------------------------------------------------------- rendering
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (32, 32), (96, 128), (128, 96)])
+def test_render_shapes_and_determinism(height, width):
+    spec = parse_prompt("a blue ring zigzagging on a striped background")
+    frames, state = render_clip(spec, 17, height, width, seed=5)
+    assert frames.shape == (17, height, width, 3) and frames.dtype == np.uint8
+    again, _ = render_clip(spec.prompt(), 17, height, width, seed=np.random.default_rng(5))
+    np.testing.assert_array_equal(frames, again)
+    other, _ = render_clip(spec, 17, height, width, seed=6)
+    assert not np.array_equal(frames, other)
+    assert state.frame == 17 and (state.height, state.width) == (height, width)
+
+
+def test_seed_varies_size_and_position():
+    spec = parse_prompt("a red circle resting on a dark background")
+    measures = [measure_frame(render_clip(spec, 1, seed=s)[0][0]) for s in range(20)]
+    areas = [m.area for m in measures]
+    xs = [m.centroid[0] for m in measures]
+    assert max(areas) > 1.4 * min(areas) and np.std(xs) > 5
+
+
+def test_continuing_from_end_state_is_seamless():
+    spec = parse_prompt("a green triangle bouncing on a gradient background")
+    whole, end_whole = render_clip(spec, 60, seed=3)
+    first, state = render_clip(spec, 25, seed=3)
+    second, end_parts = render_clip(spec, 35, seed=123, start_state=state)  # unchanged prompt: no randomness used
+    np.testing.assert_array_equal(whole, np.concatenate([first, second]))
+    assert (end_whole.x, end_whole.y) == (end_parts.x, end_parts.y)
+    assert state.frame == 25  # the start state is not modified
+
+
+def test_start_state_must_match_frame_size():
+    _, state = render_clip("a red circle bouncing on a dark background", 5, 64, 64)
+    with pytest.raises(ValueError, match="64x64"):
+        render_clip("a red circle bouncing on a dark background", 5, 32, 32, start_state=state)
+
+
+def test_prompt_switch_keeps_the_object_where_it_was():
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        a, b = sample_spec(rng), sample_spec(rng)
+        frames, _ = render_long_clip([(a, 13), (b, 12)], rng=rng)
+        before, after = measure_frame(frames[12]), measure_frame(frames[13])
+        assert (before.colour, before.shape, before.background) == (a.colour, a.shape, a.background)
+        assert (after.colour, after.shape, after.background) == (b.colour, b.shape, b.background)
+        # Fastest motion (a bounce near the floor) moves < 5 px per frame; shapes' centroids agree to ~1 px.
+        assert torus_distance(before.centroid, after.centroid, 64) < 6.0, (a, b)
+
+
+def test_walled_motions_keep_the_object_on_screen():
+    rng = np.random.default_rng(1)
+    for motion in WALLED:
+        for _ in range(3):
+            spec = sample_spec(rng).replace(motion=motion)
+            frames, _ = render_clip(spec, 41, rng=rng)
+            for frame in frames[::4]:
+                m = measure_frame(frame)
+                assert not m.clipped and m.shape == spec.shape, (spec, m)
+
+
+def test_sliding_wraps_around_without_losing_the_object():
+    spec = parse_prompt("a yellow square sliding right on a light background")
+    frames, _ = render_clip(spec, 161, seed=2)  # > one full crossing of a 64-px frame
+    measures = [measure_frame(f) for f in frames]
+    areas = np.array([m.area for m in measures])
+    assert areas.min() > 0.97 * areas.max()  # drawn whole even while split across the edge
+    xs = np.array([m.centroid[0] for m in measures])
+    steps = (np.diff(xs) + 32) % 64 - 32  # signed step on the torus
+    assert (steps > 0).all() and np.ptp(steps) < 0.3  # constant speed (drawn at 1/4-pixel precision)
+    assert np.any(np.abs(np.diff(xs)) > 32)  # it did wrap
+    assert all(m.shape == "square" and m.colour == "yellow" for m in measures)
+
+
+def test_switch_from_sliding_settles_back_into_the_box():
+    frames, _ = render_long_clip([("a red ring sliding left on a dark background", 41),
+                                  ("a red ring orbiting on a dark background", 80)], seed=4)
+    centroids = [measure_frame(f).centroid for f in frames]
+    assert max(torus_distance(a, b, 64) for a, b in zip(centroids, centroids[1:])) < 6.0
+    assert not any(measure_frame(f).clipped for f in frames[60:])
+
+
+# ------------------------------------------------------------------------------------ dataset
+
+
+def test_frame_count_rule():
+    assert [n for n in range(14) if is_valid_frame_count(n)] == [1, 5, 9, 13]
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        sample_clip(0, 20)
+
+
+def test_sample_clip():
+    frames, prompt = sample_clip(np.random.default_rng(0), 21, 32, 48)
+    assert frames.shape == (21, 32, 48, 3) and frames.dtype == np.uint8
+    spec = parse_prompt(prompt)
+    summary = measure_clip(frames)
+    assert summary["background"] == spec.background and summary["colour"] == spec.colour
+    np.testing.assert_array_equal(frames, sample_clip(np.random.default_rng(0), 21, 32, 48)[0])
+
+
+@pytest.mark.parametrize("latent_align, allowed", [(1, {1, 5, 9, 13, 17, 21, 25, 29}), (3, {9, 21})])
+def test_sample_switch_clip(latent_align, allowed):
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        frames, schedule = sample_switch_clip(rng, 33, num_switches=2, latent_align=latent_align)
+        assert frames.shape == (33, 64, 64, 3)
+        starts = [s for s, _ in schedule]
+        assert starts[0] == 0 and starts == sorted(set(starts)) and set(starts[1:]) <= allowed
+        specs = [parse_prompt(p) for _, p in schedule]
+        assert all(a != b for a, b in zip(specs, specs[1:]))
+        for (start, _), spec in zip(schedule, specs):
+            m = measure_frame(frames[start])
+            assert (m.colour, m.shape, m.background) == (spec.colour, spec.shape, spec.background)
+    with pytest.raises(ValueError, match="at most 2 switches"):
+        sample_switch_clip(rng, 33, num_switches=3, latent_align=3)
+
+
+# -------------------------------------------------------------------------------- measurement
+
+
+def test_measurement_accuracy_on_random_frames():
+    rng = np.random.default_rng(2024)
+    n, hits = 300, {"colour": 0, "shape": 0, "background": 0}
+    for _ in range(n):
+        spec = sample_spec(rng)
+        frames, _ = render_clip(spec, int(rng.integers(1, 50)), rng=rng)
+        m = measure_frame(frames[-1])
+        hits["colour"] += m.colour == spec.colour
+        hits["shape"] += m.shape == spec.shape
+        hits["background"] += m.background == spec.background
+    assert hits["colour"] / n >= 0.98
+    assert hits["shape"] / n >= 0.90
+    assert hits["background"] / n >= 0.98
+
+
+def test_measure_frame_details():
+    spec = parse_prompt("a purple diamond resting on a striped background")
+    frames, state = render_clip(spec, 1, seed=11)
+    m = measure_frame(frames[0])
+    assert (m.colour, m.shape, m.background) == ("purple", "diamond", "striped")
+    assert abs(m.centroid[0] - state.x) < 0.5 and abs(m.centroid[1] - state.y) < 0.5
+    true_area = 2 * (1.1 * state.radius) ** 2
+    assert abs(m.area - true_area) < 0.1 * true_area
+    assert measure_frame(frames[0], background="dark").background == "dark"  # a given name is reported
+    rows = np.median(frames[0], axis=1).astype(np.uint8)
+    given = measure_frame(frames[0], background=np.broadcast_to(rows[:, None, :], frames[0].shape))
+    assert (given.colour, given.shape, given.background) == ("purple", "diamond", "striped")
+
+
+def test_measure_frame_on_an_empty_background():
+    frames, _ = render_clip("a white circle resting on a light background", 1, seed=0)
+    rows = np.median(frames[0], axis=1).astype(np.uint8)
+    empty = np.broadcast_to(rows[:, None, :], frames[0].shape).copy()
+    m = measure_frame(empty)
+    assert m.colour is None and m.shape is None and m.centroid is None and m.area == 0.0
+    assert m.background == "light"
+    with pytest.raises(ValueError, match="uint8"):
+        measure_frame(empty.astype(np.float32))
+
+
+def test_dynamic_degree_and_measure_clip():
+    moving, _ = render_clip("a cyan square bouncing on a dark background", 33, seed=1)
+    static, _ = render_clip("a cyan square resting on a dark background", 33, seed=1)
+    assert dynamic_degree(static) == 0.0
+    assert dynamic_degree(moving) > 0.002
+    assert dynamic_degree(moving[:1]) == 0.0
+    assert abs(dynamic_degree(moving.astype(np.float32) / 255) - dynamic_degree(moving)) < 1e-6
+    summary = measure_clip(moving)
+    assert (summary["colour"], summary["shape"], summary["background"]) == ("cyan", "square", "dark")
+    assert summary["colour_agreement"] == 1.0 and len(summary["centroids"]) == 33
+    assert summary["dynamic_degree"] == dynamic_degree(moving)
