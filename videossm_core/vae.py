@@ -158,7 +158,8 @@ class WanVAE:
 
     Attributes: ``model`` (the AutoencoderKLWan), ``latents_mean`` / ``latents_std`` (float32 ``[z]`` tensors on
     the model's device), ``config`` (plain dict of constructor arguments), ``dtype``, ``device``, ``z_dim``.
-    Outputs come in the model's dtype; normalisation itself is computed in float32.
+    Outputs come in the model's dtype; normalisation itself is computed in float32. The wrapped model is put in
+    eval mode with gradients off (this is an inference wrapper; encode/decode run under ``torch.no_grad``).
     """
 
     def __init__(
@@ -175,6 +176,7 @@ class WanVAE:
         self.num_encoder_slots = _count_causal_convs(model.encoder)
         self._decoder_takes_first_chunk = "first_chunk" in inspect.signature(model.decoder.forward).parameters
         self.patch_size = self.config.get("patch_size")
+        self.spatial_stride = int(self.config.get("scale_factor_spatial") or SPATIAL_STRIDE)
 
         mean = self._pick_stats(latents_mean, "latents_mean", WAN_LATENTS_MEAN, 0.0)
         std = self._pick_stats(latents_std, "latents_std", WAN_LATENTS_STD, 1.0)
@@ -257,29 +259,30 @@ class WanVAE:
             raise ValueError(f"the Wan VAE needs 1 + 4k frames, got {t}")
         if not first and (t < TEMPORAL_STRIDE or t % TEMPORAL_STRIDE):
             raise ValueError(f"a continuation chunk needs a multiple of 4 frames, got {t}")
-        if h % SPATIAL_STRIDE or w % SPATIAL_STRIDE:
-            raise ValueError(f"height and width must be multiples of {SPATIAL_STRIDE}, got {h}x{w}")
+        if h % self.spatial_stride or w % self.spatial_stride:
+            raise ValueError(f"height and width must be multiples of {self.spatial_stride}, got {h}x{w}")
 
     # -- whole clips -------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
+    # Whole-clip encode/decode run the streaming path over the entire clip in one chunk. That is the same
+    # computation as diffusers' ``_encode`` / ``_decode`` (frame 0 alone, then 4 frames / 1 latent frame per
+    # call, one shared feature cache) except that the 1x1x1 ``quant_conv`` / ``post_quant_conv`` run per group
+    # instead of once on the whole clip; CPU conv kernels round that differently in the last bit (~1e-6). Using
+    # one path makes whole and chunked results bit-identical for every chunking.
+
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames ``[B, 3, 1+4k, H, W]`` in [-1, 1] -> normalised latents ``[B, z, 1+k, H/8, W/8]``.
 
-        Deterministic: the posterior mean, not a sample.
+        Deterministic: ``(mu - mean) / std`` of the posterior mean, not a sample.
         """
-        self._check_frames(frames)
-        x = frames.to(device=self.device, dtype=self.dtype)
-        mu = self.model.encode(x).latent_dist.mean  # [B, z, 1+k, H/8, W/8], un-normalised
-        return self.normalize(mu)
+        return StreamingEncoder(self).encode_chunk(frames)
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents ``[B, z, F, h, w]`` -> frames ``[B, 3, 1+4(F-1), 8h, 8w]`` clamped to [-1, 1].
 
-        One whole decode through diffusers (memory grows with F; use ``stream_decoder`` for long videos).
+        Memory grows with F; use ``stream_decoder`` for long videos.
         """
-        return self.model.decode(self.denormalize(latents)).sample
+        return StreamingDecoder(self).decode_chunk(latents)
 
     def stream_decoder(self) -> "StreamingDecoder":
         return StreamingDecoder(self)
@@ -309,10 +312,9 @@ class _FeatureCache:
         self.counter_names = counter_names
         self.counters = [0, 0]
 
-    def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+    def slot_kinds(self) -> list[int]:
         kinds = []
-        out: dict[str, torch.Tensor] = {}
-        for i, slot in enumerate(self.slots):
+        for slot in self.slots:
             if slot is None:
                 kinds.append(_SLOT_EMPTY)
             elif isinstance(slot, str):
@@ -321,13 +323,21 @@ class _FeatureCache:
                 kinds.append(_SLOT_REP)
             else:
                 kinds.append(_SLOT_TENSOR)
-                out[f"{prefix}{i}"] = slot.detach().contiguous()  # safetensors needs contiguous storage
+        return kinds
+
+    def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        kinds = self.slot_kinds()
+        out: dict[str, torch.Tensor] = {
+            f"{prefix}{i}": slot.detach().contiguous()  # safetensors needs contiguous storage
+            for i, (slot, kind) in enumerate(zip(self.slots, kinds))
+            if kind == _SLOT_TENSOR
+        }
         out[f"{prefix}kinds"] = torch.tensor(kinds, dtype=torch.uint8)
         out[f"{prefix}counters"] = torch.tensor(self.counters, dtype=torch.int64)
         return out
 
     def metadata(self) -> dict[str, Any]:
-        kinds = "".join("NRT"[k] for k in self.to_tensors("")["kinds"].tolist())
+        kinds = "".join("NRT"[k] for k in self.slot_kinds())  # N empty, R 'Rep', T tensor
         return {"num_slots": len(self.slots), "slot_kinds": kinds, **dict(zip(self.counter_names, self.counters))}
 
     def load_tensors(self, tensors: Mapping[str, torch.Tensor], prefix: str, device, dtype) -> None:
