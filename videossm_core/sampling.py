@@ -67,8 +67,9 @@ class ChunkOutput:
 
 
 def segment_for_chunk(segments: list[PromptSegment], chunk: int) -> int:
-    if not segments or segments[0].start_chunk != 0:
-        raise ValueError("the prompt segments must start at chunk 0")
+    """Index of the segment active at ``chunk`` (the last one starting at or before it)."""
+    if not segments or segments[0].start_chunk > chunk:
+        raise ValueError(f"no prompt covers chunk {chunk}: the first prompt segment must start at or before it")
     index = 0
     for i, seg in enumerate(segments):
         if seg.start_chunk <= chunk:
@@ -139,9 +140,10 @@ class StreamSampler:
         switched = False
         if state.branches["cond"].text_embedding is None:
             self.set_prompt_inplace(state, segments[seg_idx], seg_idx)
-        elif seg_idx != state.segment_index:
+        elif segments[seg_idx].prompt != state.prompt:  # also right for a new schedule on a resumed stream
             self.switch_prompt_inplace(state, segments[seg_idx], seg_idx)
             switched = True
+        state.segment_index = seg_idx
         c = self.model.config.in_dim
         shape = (state.batch, c, state.stream.chunk_frames, *latent_hw)
         if state.latent_shape is None:

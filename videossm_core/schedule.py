@@ -64,11 +64,15 @@ def video_frames_for_chunks(num_chunks: int, chunk_frames: int = 3) -> int:
     return 0 if num_chunks <= 0 else chunk_start_frame(num_chunks, chunk_frames)
 
 
-def chunks_for_duration(seconds: float, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> int:
-    """The fewest chunks whose video lasts at least ``seconds``."""
+def chunks_for_duration(seconds: float, fps: int = DEFAULT_FPS, chunk_frames: int = 3,
+                        continuing: bool = False) -> int:
+    """The fewest chunks whose video lasts at least ``seconds``. A new stream's first chunk is 3
+    frames shorter (the VAE's lone first frame); a continued stream's chunks are all full."""
     if seconds <= 0:
         raise ValueError(f"a video must last more than 0 s, got {seconds}")
     frames = math.ceil(seconds * fps - 1e-9)
+    if continuing:
+        return math.ceil(frames / (VAE_TEMPORAL_STRIDE * chunk_frames))
     n = 1
     while video_frames_for_chunks(n, chunk_frames) < frames:
         n += 1
@@ -102,9 +106,19 @@ class PromptSchedule:
     def prompts(self) -> list[str]:
         return [e.prompt for e in self.entries]
 
-    def segment_starts(self) -> list[tuple[int, str]]:
-        """(start chunk, prompt) per entry."""
-        return [(e.chunk, e.prompt) for e in self.entries]
+    def segment_starts(self, continuing: bool = False) -> list[tuple[int, str]]:
+        """(start chunk, prompt) per entry, counted from the schedule's start. On a continued stream
+        every chunk is a full 12 frames, so boundaries sit at multiples of 12 frames there."""
+        if not continuing:
+            return [(e.chunk, e.prompt) for e in self.entries]
+        out: list[tuple[int, str]] = []
+        per_chunk = VAE_TEMPORAL_STRIDE * self.chunk_frames
+        for e in self.entries:
+            chunk = int(round(e.time * self.fps / per_chunk))
+            if out and chunk <= out[-1][0]:
+                chunk = out[-1][0] + 1
+            out.append((chunk, e.prompt))
+        return out
 
     def prompt_at_chunk(self, chunk: int) -> str:
         current = self.entries[0].prompt
@@ -120,11 +134,11 @@ class PromptSchedule:
         return json.dumps({"fps": self.fps, "prompts": [{"time": format_time(e.time), "prompt": e.prompt}
                                                         for e in self.entries]})
 
-    def check_duration(self, seconds: float) -> None:
+    def check_duration(self, seconds: float, continuing: bool = False) -> None:
         """Raise ScheduleError if a prompt starts after a video of ``seconds`` ends."""
-        last_chunk = chunks_for_duration(seconds, self.fps, self.chunk_frames) - 1
-        for e in self.entries:
-            if e.chunk > last_chunk:
+        last_chunk = chunks_for_duration(seconds, self.fps, self.chunk_frames, continuing) - 1
+        for e, (chunk, _) in zip(self.entries, self.segment_starts(continuing)):
+            if chunk > last_chunk:
                 raise ScheduleError(e.line, f"this prompt starts at {format_time(e.time)}, after the video ends "
                                             f"({seconds:g} s); lengthen the video or move the prompt earlier")
 

@@ -1,0 +1,77 @@
+"""The whole job: schedule -> chunks -> streaming VAE decode -> mp4 + state; stop and resume."""
+
+import numpy as np
+import pytest
+import torch
+
+from videossm_core.config import StreamConfig
+from videossm_core.generate import generate_video
+from videossm_core.schedule import ScheduleError, parse_schedule
+from videossm_core.state import StreamState
+from videossm_core.vae import build_vae, small_vae_config
+from videossm_core.video_io import read_video, video_info
+
+from .tiny import make_tiny_model
+
+SCHEDULE = parse_schedule("0s: first prompt\n1.3s: second prompt\n")
+SIZE = 32  # px -> 4x4 latents -> 2x2 tokens per frame
+
+
+@pytest.fixture(scope="module")
+def parts():
+    model = make_tiny_model(active_memory=True, in_dim=16, out_dim=16)
+    vae = build_vae(small_vae_config(), seed=0)
+    table = {"first prompt": torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1)),
+             "second prompt": torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(2))}
+    return model, vae, table.__getitem__
+
+
+def _run(parts, tmp_path, name, seconds, state=None, stop_after=None):
+    model, vae, encode = parts
+    events = generate_video(model, vae, encode, SCHEDULE, seconds, SIZE, SIZE, video_path=tmp_path / f"{name}.mp4",
+                            state=state, seed=4, stream=StreamConfig(window_frames=6),
+                            state_path=tmp_path / f"{name}.state.safetensors")
+    frames = []
+    for event in events:
+        frames.append(event.frames)
+        if stop_after is not None and event.done == stop_after:
+            events.close()  # what a Cancel does between chunks
+            break
+    return frames
+
+
+def test_generate_writes_a_video_of_the_requested_length(parts, tmp_path):
+    frames = _run(parts, tmp_path, "full", 3.0)
+    assert [len(f) for f in frames] == [9, 12, 12, 12, 12]  # 5 chunks cover 3 s at 16 fps
+    info = video_info(tmp_path / "full.mp4")
+    assert info["frames"] == 57 and info["size"] == (SIZE, SIZE) and info["fps"] == 16
+    state = StreamState.load(tmp_path / "full.state.safetensors")
+    assert state.next_frame == 15 and state.prompt == "second prompt"
+
+
+def test_stopped_run_keeps_a_playable_video_and_resumes_seamlessly(parts, tmp_path):
+    full = _run(parts, tmp_path, "full", 3.0)
+    partial = _run(parts, tmp_path, "part", 3.0, stop_after=2)
+    assert len(read_video(tmp_path / "part.mp4")) == 21  # the two chunks made before the stop
+    state = StreamState.load(tmp_path / "part.state.safetensors")
+    assert state.next_frame == 6 and state.vae_cache  # the decoder's causal caches travel with the state
+    # Continue for the remaining 3 chunks; the schedule's times are relative to the resume point, so
+    # continue with the prompt that was active there.
+    rest_schedule = parse_schedule("0s: second prompt\n")
+    model, vae, encode = parts
+    rest = [e.frames for e in generate_video(model, vae, encode, rest_schedule, 2.25, SIZE, SIZE,
+                                             video_path=tmp_path / "rest.mp4", state=state)]
+    assert [len(f) for f in rest] == [12, 12, 12]
+    np.testing.assert_array_equal(np.concatenate(partial + rest), np.concatenate(full))
+
+
+def test_schedule_past_the_video_end_is_refused(parts, tmp_path):
+    model, vae, encode = parts
+    with pytest.raises(ScheduleError, match="after the video ends"):
+        next(generate_video(model, vae, encode, SCHEDULE, 1.0, SIZE, SIZE))
+
+
+def test_bad_resolution_is_refused(parts):
+    model, vae, encode = parts
+    with pytest.raises(ValueError, match="multiples of 8"):
+        next(generate_video(model, vae, encode, SCHEDULE, 3.0, 30, 32))

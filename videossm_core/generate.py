@@ -1,0 +1,150 @@
+"""The whole job: a prompt schedule in, an mp4 out, streamed chunk by chunk at constant memory.
+
+    schedule -> text conditioning per segment -> sampler yields chunk latents -> streaming VAE decode
+    -> frames appended to a fragmented mp4 -> stream state (with the decoder's caches) checkpointed
+
+``generate_video`` is a generator of ``ChunkEvent``s so callers (the CLI's progress bar, ComfyUI's
+progress bar and Cancel button) see every chunk and can stop between chunks. Stopping, an error or a
+full disk closes the video (everything written stays playable) and leaves the last checkpoint, from
+which ``generate_video(state=StreamState.load(...))`` continues the same stream.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import DEFAULT_FPS, SamplingConfig, StreamConfig, VAE_SPATIAL_STRIDE
+from .model.transformer import CausalWanModel
+from .sampling import PromptSegment, StreamSampler
+from .schedule import PromptSchedule, chunks_for_duration
+from .state import StreamState
+from .vae import StreamingDecoder, WanVAE
+from .video_io import Mp4Writer, frames_to_uint8
+
+# A prompt -> conditioning [1, L, text_dim] function (demo encoder, UMT5, ComfyUI's CLIP, ...).
+PromptEncoder = Callable[[str], Tensor]
+
+
+@dataclass
+class ChunkEvent:
+    chunk: int  # index of this chunk in the stream
+    done: int  # chunks finished in this run
+    total: int  # chunks this run will make
+    latents: Tensor  # [1, C, 3, h, w] the chunk's clean latents
+    frames: np.ndarray  # uint8 [T, H, W, 3] the chunk's decoded video frames
+    prompt: str
+    switched: bool
+    state: StreamState  # live state after the chunk (do not modify)
+    video_path: str | None
+    frames_written: int
+
+
+def build_segments(schedule: PromptSchedule, encode: PromptEncoder, first_chunk: int = 0,
+                   negative: str | None = None, guidance: bool = False) -> list[PromptSegment]:
+    """One segment per schedule entry, shifted to start at ``first_chunk`` (a resumed stream's next
+    chunk). Identical prompts are encoded once."""
+    cache: dict[str, Tensor] = {}
+
+    def enc(text: str) -> Tensor:
+        if text not in cache:
+            cache[text] = encode(text)
+        return cache[text]
+
+    segments = []
+    for start, prompt in schedule.segment_starts(continuing=first_chunk > 0):
+        uncond = enc(negative or "") if guidance else None
+        segments.append(PromptSegment(first_chunk + start, prompt, enc(prompt), uncond))
+    return segments
+
+
+def new_stream(model: CausalWanModel, seed: int = 0, stream: StreamConfig | None = None,
+               sampling: SamplingConfig | None = None) -> StreamState:
+    return StreamState.new(model.config, stream or StreamConfig(), sampling or SamplingConfig(), seed=seed)
+
+
+def restore_decoder(vae: WanVAE, state: StreamState) -> StreamingDecoder:
+    """The streaming decoder of a state: continued from its saved caches, or fresh for a new stream."""
+    if state.vae_cache:
+        return StreamingDecoder.from_state_tensors(vae, {f"vae_cache.{k}": v for k, v in state.vae_cache.items()})
+    if state.next_frame > 0:
+        raise ValueError("this stream state has no saved VAE decoder caches, so its video cannot be continued "
+                         "seamlessly; continue it from a state saved by the video generator")
+    return vae.stream_decoder()
+
+
+def store_decoder(state: StreamState, decoder: StreamingDecoder) -> None:
+    state.vae_cache = {k[len("vae_cache."):]: v for k, v in decoder.state_tensors().items()}
+
+
+def generate_video(
+    model: CausalWanModel,
+    vae: WanVAE,
+    encode: PromptEncoder,
+    schedule: PromptSchedule,
+    seconds: float,
+    width: int,
+    height: int,
+    video_path: str | os.PathLike | None = None,
+    state: StreamState | None = None,
+    seed: int = 0,
+    stream: StreamConfig | None = None,
+    sampling: SamplingConfig | None = None,
+    negative_prompt: str | None = None,
+    state_path: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    fps: int = DEFAULT_FPS,
+) -> Iterator[ChunkEvent]:
+    """Generate ``seconds`` of video following ``schedule`` (times relative to where the stream is).
+
+    With ``state`` the stream continues (the caller's state is not modified: a copy advances). The
+    mp4 at ``video_path`` is written as the chunks come; ``state_path`` receives the state (with the
+    decoder caches) every ``checkpoint_every`` chunks and when the run ends or stops.
+    """
+    if width % VAE_SPATIAL_STRIDE or height % VAE_SPATIAL_STRIDE:
+        raise ValueError(f"width and height must be multiples of {VAE_SPATIAL_STRIDE}, got {width}x{height}")
+    patch = model.config.patch_size
+    latent_hw = (height // VAE_SPATIAL_STRIDE, width // VAE_SPATIAL_STRIDE)
+    if latent_hw[0] % patch[1] or latent_hw[1] % patch[2]:
+        raise ValueError(f"{width}x{height} does not fit the model's {patch[1]}x{patch[2]} patches; "
+                         f"use multiples of {VAE_SPATIAL_STRIDE * patch[1]}")
+    state = new_stream(model, seed, stream, sampling) if state is None else state.clone()
+    state.check_compatible(model.config)
+    continuing = state.next_frame > 0
+    schedule.check_duration(seconds, continuing)
+    total = chunks_for_duration(seconds, fps, state.stream.chunk_frames, continuing)
+    segments = build_segments(schedule, encode, state.chunk_index, negative_prompt,
+                              guidance=state.sampling.guidance_scale != 1.0)
+    decoder = restore_decoder(vae, state)
+    writer = Mp4Writer(video_path, fps=fps) if video_path is not None else None
+    sampler = StreamSampler(model)
+    done = 0
+    saved = 0  # chunks covered by the state file
+    try:
+        for out in sampler.stream_chunks_inplace(state, segments, total, latent_hw):
+            with torch.no_grad():
+                frames = frames_to_uint8(decoder.decode_chunk(out.latents.to(vae.device, vae.dtype)))
+            store_decoder(state, decoder)
+            if writer is not None:
+                writer.write(frames)
+            done += 1
+            if state_path is not None and (done % checkpoint_every == 0 or done == total):
+                state.save(state_path)
+                saved = done
+            yield ChunkEvent(out.index, done, total, out.latents, frames, state.prompt, out.switched, state,
+                             None if video_path is None else os.fspath(video_path),
+                             0 if writer is None else writer.frames_written)
+    except GeneratorExit:
+        # Stopped between chunks (Cancel, a consumer that has seen enough): the state is consistent
+        # with the video written so far, so keep it.
+        if state_path is not None and done > saved:
+            state.save(state_path)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
