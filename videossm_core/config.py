@@ -147,6 +147,7 @@ class StreamConfig:
     sink_frames: int = 3
     window_frames: int = 12
     memory: bool = True
+    memory_update: str = "chunkwise"  # "chunkwise" (WY form, fast) or "recurrent" (token loop, reference)
     position_mode: str = "absolute"  # "absolute" (Self-Forcing/LongLive training) or "unbounded"
     router_horizon_frames: int = 240  # T in gamma_t = sigmoid(w log((t+1)/T) + b); 240 = 60 s
     full_cache: bool = False  # Self-Forcing / ComfyUI-core style growing cache (benchmarks, baselines)
@@ -154,6 +155,8 @@ class StreamConfig:
     def __post_init__(self):
         if self.position_mode not in ("absolute", "unbounded"):
             raise ValueError(f"position_mode must be 'absolute' or 'unbounded', got {self.position_mode!r}")
+        if self.memory_update not in ("chunkwise", "recurrent"):
+            raise ValueError(f"memory_update must be 'chunkwise' or 'recurrent', got {self.memory_update!r}")
         if self.chunk_frames < 1:
             raise ValueError("chunk_frames must be >= 1")
         if self.sink_frames < 0 or self.sink_frames % self.chunk_frames:
@@ -219,7 +222,7 @@ PRESETS: dict[str, ModelConfig] = {
     # The shipped demo generator (trained by videossm_core.training on the procedural world).
     "demo": ModelConfig(
         dim=192, num_layers=4, num_heads=3, ffn_dim=512, freq_dim=64, text_dim=64, text_len=16,
-        in_dim=16, out_dim=16, memory=MemoryConfig(init_tokens_per_frame=64, retention_frames=24)),
+        in_dim=16, out_dim=16, memory=MemoryConfig(init_tokens_per_frame=16, retention_frames=24)),  # 64x64 px -> 4x4 tokens
 }
 
 

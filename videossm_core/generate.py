@@ -68,6 +68,28 @@ def new_stream(model: CausalWanModel, seed: int = 0, stream: StreamConfig | None
     return StreamState.new(model.config, stream or StreamConfig(), sampling or SamplingConfig(), seed=seed)
 
 
+def prefill_from_frames(model: CausalWanModel, vae: WanVAE, state: StreamState, frames: Tensor,
+                        prompt: str, conditioning: Tensor) -> StreamState:
+    """A new state that continues after a given clip: frames [1, 3, T, H, W] in [-1, 1] are VAE-encoded
+    and fed in at t=0 (window and memory filled, decoder caches warmed), under ``prompt``. Uses the
+    last 12m - 3 frames (whole chunks; at least 9)."""
+    per_chunk = 4 * state.stream.chunk_frames
+    usable = ((frames.shape[2] + 3) // per_chunk) * per_chunk - 3
+    if usable < per_chunk - 3:
+        raise ValueError(f"a clip to continue from needs at least {per_chunk - 3} frames, got {frames.shape[2]}")
+    state = state.clone()
+    if state.next_frame > 0:
+        raise ValueError("continue from a clip with a new stream state (this one has already generated frames)")
+    clip = frames[:, :, -usable:].to(vae.device, vae.dtype)
+    with torch.no_grad():
+        latents = vae.encode(clip).float().cpu()
+        decoder = vae.stream_decoder()
+        decoder.decode_chunk(latents.to(vae.device, vae.dtype))  # warm the causal caches; frames are known
+    StreamSampler(model).prefill_inplace(state, latents, PromptSegment(0, prompt, conditioning))
+    store_decoder(state, decoder)
+    return state
+
+
 def restore_decoder(vae: WanVAE, state: StreamState) -> StreamingDecoder:
     """The streaming decoder of a state: continued from its saved caches, or fresh for a new stream."""
     if state.vae_cache:
@@ -99,10 +121,12 @@ def generate_video(
     state_path: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
     fps: int = DEFAULT_FPS,
+    copy_state: bool = True,
 ) -> Iterator[ChunkEvent]:
     """Generate ``seconds`` of video following ``schedule`` (times relative to where the stream is).
 
-    With ``state`` the stream continues (the caller's state is not modified: a copy advances). The
+    With ``state`` the stream continues (the caller's state is not modified: a copy advances, unless
+    ``copy_state=False`` hands over a state the caller will not use again). The
     mp4 at ``video_path`` is written as the chunks come; ``state_path`` receives the state (with the
     decoder caches) every ``checkpoint_every`` chunks and when the run ends or stops.
     """
@@ -113,7 +137,10 @@ def generate_video(
     if latent_hw[0] % patch[1] or latent_hw[1] % patch[2]:
         raise ValueError(f"{width}x{height} does not fit the model's {patch[1]}x{patch[2]} patches; "
                          f"use multiples of {VAE_SPATIAL_STRIDE * patch[1]}")
-    state = new_stream(model, seed, stream, sampling) if state is None else state.clone()
+    if state is None:
+        state = new_stream(model, seed, stream, sampling)
+    elif copy_state:
+        state = state.clone()
     state.check_compatible(model.config)
     continuing = state.next_frame > 0
     schedule.check_duration(seconds, continuing)

@@ -167,6 +167,30 @@ class StreamSampler:
         self._log_chunk(state, chunk_idx, start)
         return ChunkOutput(chunk_idx, start, x0, state.segment_index, switched, state)
 
+    @torch.no_grad()
+    def prefill_inplace(self, state: StreamState, latents: Tensor, segment: PromptSegment) -> None:
+        """Feed known clean latents [B, C, F, H, W] (F a multiple of the chunk) into the stream as if it
+        had generated them: one clean pass per chunk fills the window, and what it evicts the memory.
+        Used to continue from an input clip."""
+        chunk = state.stream.chunk_frames
+        if latents.ndim != 5 or latents.shape[2] == 0 or latents.shape[2] % chunk:
+            raise ValueError(f"prefill latents must be [B, C, F, H, W] with F a multiple of {chunk}, "
+                             f"got {tuple(latents.shape)}")
+        shape = (latents.shape[1], *latents.shape[3:])
+        if state.latent_shape is not None and tuple(state.latent_shape) != shape:
+            raise ValueError(f"the clip's latents are {shape} (C, H, W) but the stream's are {tuple(state.latent_shape)}")
+        state.latent_shape = shape
+        if state.branches["cond"].text_embedding is None:
+            self.set_prompt_inplace(state, segment, 0)
+        elif segment.prompt != state.prompt:
+            self.switch_prompt_inplace(state, segment, 0)
+        for offset in range(0, latents.shape[2], chunk):
+            x0 = latents[:, :, offset:offset + chunk].float().cpu()
+            start = state.next_frame
+            _, state.next_frame = self._predict(state, x0, state.sampling.context_timestep, start, state.next_frame)
+            self._remember_latents(state, x0, start)
+            self._log_chunk(state, start // chunk, start)
+
     def _remember_latents(self, state: StreamState, x0: Tensor, start: int) -> None:
         """Keep the clean latents of the cached non-sink frames (what a prompt switch re-caches)."""
         if state.recent_latents is None:

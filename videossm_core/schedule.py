@@ -22,21 +22,25 @@ from dataclasses import dataclass
 from .config import DEFAULT_FPS, VAE_TEMPORAL_STRIDE
 
 _TIME_RE = re.compile(
-    r"^(?:(?P<min>\d+(?:\.\d+)?)m(?:(?P<msec>\d+(?:\.\d+)?)s?)?|(?P<sec>\d+(?:\.\d+)?)s?|(?P<frames>\d+)f)$")
+    r"^(?:(?P<sec>\d+(?:\.\d+)?)s?|(?P<min>\d+)m(?:(?P<msec>\d+(?:\.\d+)?)s)?|(?P<frames>\d+)f)$", re.IGNORECASE)
 
 
 class ScheduleError(ValueError):
-    """A malformed schedule; ``line`` is the 1-based line (or JSON entry) at fault, 0 if none."""
+    """A malformed schedule. ``errors`` lists (line, message) for every bad line (line 0: the whole
+    schedule; for JSON the 1-based item); ``line`` is the first of them."""
 
-    def __init__(self, line: int, message: str):
-        self.line = line
-        self.message = message
-        super().__init__(f"line {line}: {message}" if line else message)
+    def __init__(self, errors: list[tuple[int, str]] | int, message: str | None = None):
+        if isinstance(errors, int):
+            errors = [(errors, message or "")]
+        self.errors = sorted(errors, key=lambda e: e[0])
+        self.line, self.message = self.errors[0]
+        text = "; ".join(f"line {ln}: {msg}" if ln else msg for ln, msg in self.errors)
+        super().__init__(text)
 
 
 def parse_time(token: str, fps: int = DEFAULT_FPS) -> float:
-    """'12', '12.5s', '1m30s', '2m' or '40f' -> seconds. Raises ValueError for anything else."""
-    match = _TIME_RE.match(token.strip().lower().replace(" ", ""))
+    """'12', '12.5s', '1m30s', '2m' or '40f' (any case) -> seconds. Raises ValueError otherwise."""
+    match = _TIME_RE.match(token.strip())
     if not match:
         raise ValueError(f"{token!r} is not a time; write seconds ('12.5s'), minutes ('1m30s') or frames ('40f')")
     if match["frames"] is not None:
@@ -68,9 +72,9 @@ def chunks_for_duration(seconds: float, fps: int = DEFAULT_FPS, chunk_frames: in
                         continuing: bool = False) -> int:
     """The fewest chunks whose video lasts at least ``seconds``. A new stream's first chunk is 3
     frames shorter (the VAE's lone first frame); a continued stream's chunks are all full."""
-    if seconds <= 0:
-        raise ValueError(f"a video must last more than 0 s, got {seconds}")
-    frames = math.ceil(seconds * fps - 1e-9)
+    if seconds < 0:
+        raise ValueError(f"a video cannot last {seconds} s")
+    frames = max(1, math.ceil(seconds * fps - 1e-9))
     if continuing:
         return math.ceil(frames / (VAE_TEMPORAL_STRIDE * chunk_frames))
     n = 1
@@ -80,12 +84,12 @@ def chunks_for_duration(seconds: float, fps: int = DEFAULT_FPS, chunk_frames: in
 
 
 def snap_to_chunk(seconds: float, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> int:
-    """Index of the chunk boundary nearest to ``seconds`` (ties go to the earlier chunk)."""
+    """Index of the chunk boundary nearest to ``seconds`` (ties go to the later chunk)."""
     frame = seconds * fps
     per_chunk = VAE_TEMPORAL_STRIDE * chunk_frames
     guess = max(0, int(round((frame + VAE_TEMPORAL_STRIDE - 1) / per_chunk)))
     candidates = [k for k in (guess - 1, guess, guess + 1) if k >= 0]
-    return min(candidates, key=lambda k: (abs(chunk_start_frame(k, chunk_frames) - frame), k))
+    return min(candidates, key=lambda k: (abs(chunk_start_frame(k, chunk_frames) - frame), -k))
 
 
 @dataclass(frozen=True)
@@ -143,48 +147,55 @@ class PromptSchedule:
                                             f"({seconds:g} s); lengthen the video or move the prompt earlier")
 
 
-def _build(raw: list[tuple[int, str, str]], fps: int, chunk_frames: int) -> PromptSchedule:
-    """raw: (line, time token, prompt)."""
-    if fps <= 0:
-        raise ScheduleError(0, f"fps must be positive, got {fps}")
-    if not raw:
-        raise ScheduleError(0, "the schedule is empty; write at least one line like '0s: a red circle ...'")
+def _build(raw: list[tuple[int, str | float, str]], errors: list[tuple[int, str]], fps: int, chunk_frames: int,
+           what: str = "line") -> PromptSchedule:
+    """raw: (line, time token or seconds, prompt) of the lines that parsed; errors so far."""
     entries: list[ScheduleEntry] = []
     for line, token, prompt in raw:
         try:
-            seconds = parse_time(token, fps)
+            seconds = float(token) if isinstance(token, (int, float)) else parse_time(token, fps)
+            if seconds < 0 or not math.isfinite(seconds):
+                raise ValueError(f"{token!r} is not a time")
         except ValueError as err:
-            raise ScheduleError(line, str(err)) from None
+            errors.append((line, str(err)))
+            continue
         prompt = prompt.strip()
         if not prompt:
-            raise ScheduleError(line, "the prompt is empty")
-        if not entries and seconds != 0:
-            raise ScheduleError(line, f"the first prompt must start at 0s (it starts at {format_time(seconds)}); "
-                                      "every moment of the video needs a prompt")
-        if entries and seconds <= entries[-1].time:
-            raise ScheduleError(line, f"times must increase: {format_time(seconds)} is not after "
-                                      f"{format_time(entries[-1].time)} (line {entries[-1].line})")
+            errors.append((line, "the prompt is empty"))
+            continue
         chunk = snap_to_chunk(seconds, fps, chunk_frames)
-        if entries and chunk == entries[-1].chunk:
+        if not entries:
+            if seconds != 0:
+                errors.append((line, f"the first prompt must start at 0s (it starts at {format_time(seconds)}); "
+                                     "every moment of the video needs a prompt"))
+        elif seconds <= entries[-1].time:
+            errors.append((line, f"times must increase: {format_time(seconds)} is not after "
+                                 f"{format_time(entries[-1].time)} ({what} {entries[-1].line})"))
+        elif chunk == entries[-1].chunk:
             step = 4 * chunk_frames / fps
-            raise ScheduleError(line, f"{format_time(seconds)} falls on the same chunk as line {entries[-1].line} "
-                                      f"({format_time(entries[-1].time)}); prompts can change every {step:g} s, "
-                                      "so move this one later")
+            errors.append((line, f"{format_time(seconds)} falls on the same chunk as {what} {entries[-1].line} "
+                                 f"({format_time(entries[-1].time)}); prompts can change every {step:g} s, "
+                                 "so move this one later"))
         entries.append(ScheduleEntry(seconds, prompt, line, chunk))
+    if not raw and not errors:
+        errors.append((0, "the schedule is empty; write at least one line like '0s: a red circle ...'"))
+    if errors:
+        raise ScheduleError(errors)
     return PromptSchedule(tuple(entries), fps, chunk_frames)
 
 
 def parse_schedule_text(text: str, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> PromptSchedule:
-    raw = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    raw, errors = [], []
+    for number, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         if ":" not in stripped:
-            raise ScheduleError(number, f"expected 'TIME: PROMPT', got {stripped[:60]!r}")
+            errors.append((number, f"expected 'TIME: PROMPT', got {stripped[:60]!r}"))
+            continue
         token, prompt = stripped.split(":", 1)
         raw.append((number, token, prompt))
-    return _build(raw, fps, chunk_frames)
+    return _build(raw, errors, fps, chunk_frames)
 
 
 def parse_schedule_json(text: str, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> PromptSchedule:
@@ -193,17 +204,27 @@ def parse_schedule_json(text: str, fps: int = DEFAULT_FPS, chunk_frames: int = 3
     except json.JSONDecodeError as err:
         raise ScheduleError(err.lineno, f"invalid JSON: {err.msg}") from None
     if isinstance(data, dict):
-        fps = int(data.get("fps", fps))
+        fps = data.get("fps", fps)
+        if not isinstance(fps, (int, float)) or isinstance(fps, bool) or fps <= 0:
+            raise ScheduleError(0, '"fps" must be a positive number')
         data = data.get("prompts")
     if not isinstance(data, list):
         raise ScheduleError(0, 'JSON schedules are a list of {"time": ..., "prompt": ...} '
                                'or {"fps": 16, "prompts": [...]}')
-    raw = []
+    raw, errors = [], []
     for i, item in enumerate(data, start=1):
-        if not isinstance(item, dict) or "prompt" not in item or "time" not in item:
-            raise ScheduleError(i, 'each JSON entry needs "time" and "prompt"')
-        raw.append((i, str(item["time"]), str(item["prompt"])))
-    return _build(raw, fps, chunk_frames)
+        if not isinstance(item, dict):
+            errors.append((i, 'expected {"time": ..., "prompt": ...}'))
+            continue
+        time = item.get("time")
+        if isinstance(time, bool) or not isinstance(time, (int, float, str)):
+            errors.append((i, f"invalid time {json.dumps(time) if 'time' in item else 'missing'}"))
+            continue
+        if not isinstance(item.get("prompt"), str):
+            errors.append((i, "missing or empty prompt"))
+            continue
+        raw.append((i, time, item["prompt"]))
+    return _build(raw, errors, fps, chunk_frames, what="item")
 
 
 def parse_schedule(text: str, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> PromptSchedule:

@@ -922,6 +922,21 @@ def load_vae(
     return WanVAE(model, **stats) if stats else WanVAE(model)
 
 
+def vae_from_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    source: str = "state dict",
+) -> WanVAE:
+    """A WanVAE from an in-memory state dict in either layout (e.g. ComfyUI's loaded Wan VAE, whose
+    ``first_stage_model`` uses the original Wan layout). The config is inferred from the shapes."""
+    layout, state_dict = _detect_layout(dict(state_dict), source)
+    config = infer_vae_config(state_dict, layout=layout, source=source)
+    if layout == "original":
+        state_dict = original_to_diffusers_state_dict(state_dict, config, source=source)
+    return WanVAE(_load_into_model(state_dict, config, dtype, device, source))
+
+
 def save_vae(vae: WanVAE, path: str | os.PathLike) -> None:
     """Save as one safetensors file in diffusers layout, with the config (incl. the statistics) in the metadata."""
     from safetensors.torch import save_file
@@ -957,6 +972,7 @@ __all__ = [
     "WAN21_VAE_CONFIG",
     "CheckpointError",
     "WanVAE",
+    "vae_from_state_dict",
     "StreamingDecoder",
     "StreamingEncoder",
     "small_vae_config",

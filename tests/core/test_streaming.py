@@ -175,3 +175,14 @@ def test_calls_outside_the_window_are_refused():
             model.forward_stream(x[:, :, :3], t[:, :3], state.branches["cond"], 3, state.next_frame, stream)
         with pytest.raises(ValueError, match="next frames"):
             model.forward_stream(x[:, :, :3], t[:, :3], state.branches["cond"], 33, state.next_frame, stream)
+
+
+def test_recurrent_memory_update_form_matches_chunkwise():
+    model = make_tiny_model(active_memory=True)
+    x, t = _clip(24)
+    ctx = text(0)
+    with torch.no_grad():
+        fast, _ = _stream(model, StreamConfig(memory_update="chunkwise"), x, t, ctx)
+        slow, _ = _stream(model, StreamConfig(memory_update="recurrent"), x, t, ctx)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+    assert (fast - _stream(model, StreamConfig(memory=False), x, t, ctx)[0]).abs().max() > 1e-4

@@ -87,9 +87,14 @@ class HybridMemory(nn.Module):
             beta = torch.sigmoid(beta_logits)
         return g, beta
 
-    def write(self, state: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor) -> Tensor:
+    def write(self, state: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, form: str = "chunkwise") -> Tensor:
         """Write evicted tokens in eviction order. k, v: [B, T, H, D] (k RMS-normed, un-rotated);
-        g, beta: [B, T, H]; state: [B, H, D, D] float32. Returns the new state."""
+        g, beta: [B, T, H]; state: [B, H, D, D] float32. Returns the new state. ``form`` picks the
+        chunkwise WY computation or the token loop (same result, much slower; for checking)."""
+        if form == "recurrent":
+            from .reference import gated_delta_write_reference
+
+            return gated_delta_write_reference(state, l2_normalize(k.float()), v.float(), g, beta)
         return gated_delta_write(state, l2_normalize(k.float()), v.float(), g, beta,
                                  chunk_size=self.config.delta_chunk_size)
 

@@ -75,7 +75,7 @@ class SelfAttention(nn.Module):
         return self.o(out.flatten(-2))
 
     def forward_stream(self, x: Tensor, cache: LayerCache, plan: CachePlan, memory_on: bool,
-                       gamma_per_token: Tensor | None) -> Tensor:
+                       gamma_per_token: Tensor | None, memory_update: str = "chunkwise") -> Tensor:
         """One streaming call: evict to memory, store this call's K/V (and gates), attend, read memory.
 
         Cached K/V are stored detached (gradients stop at the chunk boundary, as in Self-Forcing);
@@ -87,7 +87,7 @@ class SelfAttention(nn.Module):
         if use_memory and plan.evict_tokens is not None:
             idx = plan.evict_tokens.to(x.device)
             cache.memory = self.memory.write(cache.memory, cache.k[:, idx], cache.v[:, idx],
-                                             cache.g[:, idx], cache.beta[:, idx])
+                                             cache.g[:, idx], cache.beta[:, idx], memory_update)
         _ensure_capacity(cache, plan.capacity_tokens, k, with_gates=use_memory)
         write = plan.write_tokens.to(x.device)
         cache.k[:, write] = k.detach()
@@ -347,7 +347,7 @@ class CausalWanModel(nn.Module):
                 gamma = gamma_frames[i].repeat_interleave(h * w)
 
             def attend(hin, blk=block, cache=layer, g=gamma):
-                return blk.self_attn.forward_stream(hin, cache, plan, memory_on, g)
+                return blk.self_attn.forward_stream(hin, cache, plan, memory_on, g, stream.memory_update)
 
             tokens = block(tokens, e0, h * w, (layer.text_k, layer.text_v), attend)
         return self._unpatchify(self.head(tokens, e, h * w), grid), new_next
