@@ -1,0 +1,176 @@
+"""The streaming sampler: generates chunk after chunk into an mp4 on disk, with a preview per chunk."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import comfy.model_management
+import comfy.utils
+import torch
+from comfy_api.input_impl import VideoFromFile
+from comfy_api.latest import io, ui
+from PIL import Image
+
+from ..videossm_core.config import SamplingConfig
+from ..videossm_core.generate import generate_video, prefill_from_frames
+from ..videossm_core.schedule import ScheduleError
+from ..videossm_core.vae import vae_from_state_dict
+from ._files import check_relative_name, output_path
+from ._types import CATEGORY, VideoSSMModel, VideoSSMSchedule, VideoSSMState
+
+
+def denoising_steps(steps: int) -> tuple[float, ...]:
+    """Self-Forcing's list generalised: 4 steps -> (1000, 750, 500, 250)."""
+    return tuple(1000.0 * (1 - k / steps) for k in range(steps))
+
+
+def streaming_vae(loaded, vae):
+    """Our streaming Wan VAE: from ComfyUI's native VAE (same weights, decoded with persistent causal
+    caches) or the one bundled with the demo model."""
+    if vae is not None:
+        first_stage = getattr(vae, "first_stage_model", None)
+        if first_stage is None or getattr(vae, "latent_channels", 16) != loaded.model.config.in_dim:
+            raise ValueError(f"this VAE does not fit the model (needs a Wan2.1 VAE with "
+                             f"{loaded.model.config.in_dim} latent channels, e.g. wan_2.1_vae.safetensors)")
+        try:
+            return vae_from_state_dict(first_stage.state_dict(), dtype=torch.float32,
+                                       device=loaded.model.device, source="the connected VAE")
+        except ValueError as err:
+            raise ValueError(f"the connected VAE cannot stream-decode: {err}") from None
+    if loaded.vae is None:
+        raise ValueError("connect a VAE (VAELoader with wan_2.1_vae.safetensors): this model has none of its own")
+    return loaded.vae
+
+
+def _send_chunk_event(node_id, event, fps: int) -> None:
+    try:
+        from server import PromptServer
+
+        PromptServer.instance.send_sync("videossm.chunk", {
+            "node": node_id, "chunk": event.chunk, "done": event.done, "total": event.total,
+            "seconds": event.frames_written / fps, "prompt": event.prompt}, PromptServer.instance.client_id)
+    except Exception:  # a UI nicety; generation must not fail because no browser listens
+        pass
+
+
+class VideoSSMSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VideoSSMSampler",
+            display_name="VideoSSM Streaming Sampler",
+            category=CATEGORY,
+            description="Generates the video chunk by chunk (3 latent = 12 video frames), following the prompt "
+                        "timeline. Each chunk is decoded and appended to an mp4 in output/, and the stream state is "
+                        "checkpointed next to it, so Cancel keeps everything made so far and the state continues it.",
+            inputs=[
+                VideoSSMModel.Input("model"),
+                VideoSSMState.Input("state"),
+                VideoSSMSchedule.Input("schedule"),
+                io.Float.Input("seconds", default=60.0, min=0.5, max=36000.0, step=0.5,
+                               tooltip="length of the video this run adds"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("steps", default=4, min=1, max=50, tooltip="denoising steps per chunk (few-step models: 4)"),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16),
+                io.String.Input("filename_prefix", default="videossm/stream"),
+                io.Vae.Input("vae", optional=True, tooltip="Wan2.1 VAE from VAELoader; the demo model brings its own"),
+            ],
+            outputs=[
+                VideoSSMState.Output(display_name="state"),
+                io.Latent.Output(display_name="latent", tooltip="the latents of the cached window (last frames)"),
+                io.Video.Output(display_name="video", tooltip="the mp4 on disk (memory does not grow with length)"),
+                io.Image.Output(display_name="last_frames", tooltip="the last chunk's frames, for chaining"),
+            ],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix, width, height, **_):
+        try:
+            check_relative_name(filename_prefix, "filename prefix")
+        except ValueError as err:
+            return str(err)
+        if width % 8 or height % 8:
+            return f"width and height must be multiples of 8 (got {width}x{height})"
+        return True
+
+    @classmethod
+    def execute(cls, model, state, schedule, seconds, seed, steps, width, height, filename_prefix,
+                vae=None) -> io.NodeOutput:
+        wan_vae = streaming_vae(model, vae)
+        video_path, subfolder, filename = output_path(filename_prefix, ".mp4")
+        state_path = video_path[: -len(".mp4")] + ".state.safetensors"
+        run_state = state.clone()  # the input stays as ComfyUI cached it
+        run_state.seed = seed
+        run_state.sampling = dataclasses.replace(run_state.sampling, denoising_steps=denoising_steps(steps))
+        missing = [p for p in schedule.schedule.prompts if p not in schedule.conditioning]
+        if missing:
+            raise ValueError(f"the schedule has no encoding for {missing[:3]}")
+
+        def encode(prompt: str) -> torch.Tensor:
+            if prompt == "" and schedule.negative is not None:
+                return schedule.negative
+            if prompt in schedule.conditioning:
+                return schedule.conditioning[prompt]
+            return torch.zeros_like(next(iter(schedule.conditioning.values())))  # empty negative prompt
+
+        try:
+            events = generate_video(model.model, wan_vae, encode, schedule.schedule, seconds, width, height,
+                                    video_path=video_path, state=run_state, seed=seed, state_path=state_path,
+                                    fps=model.fps, copy_state=False)
+        except ScheduleError as err:
+            raise ValueError(f"prompt schedule, {err}") from None
+        pbar = None
+        last = None
+        try:
+            for event in events:
+                if pbar is None:
+                    pbar = comfy.utils.ProgressBar(event.total)
+                last = event
+                preview = Image.fromarray(event.frames[-1])
+                # updating the bar also raises if the user pressed Cancel (between chunks)
+                pbar.update_absolute(event.done, event.total, ("JPEG", preview, 512))
+                _send_chunk_event(cls.hidden.unique_id, event, model.fps)
+                comfy.model_management.throw_exception_if_processing_interrupted()
+        finally:
+            events.close()  # closes the mp4 and keeps the state of every finished chunk
+        out_state = last.state
+        recent = out_state.recent_latents if out_state.recent_latents is not None else last.latents
+        latent = {"samples": wan_vae.denormalize(recent.to(wan_vae.device)).float().cpu()}
+        frames = torch.from_numpy(last.frames).float() / 255.0
+        saved = ui.SavedResult(filename, subfolder, io.FolderType.output)
+        return io.NodeOutput(out_state, latent, VideoFromFile(video_path), frames, ui=ui.PreviewVideo([saved]))
+
+
+class VideoSSMContinueFromClip(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VideoSSMContinueFromClip",
+            display_name="VideoSSM Continue From Clip",
+            category=CATEGORY,
+            description="Starts a stream from existing frames (a clip, or one image): they are VAE-encoded and fed "
+                        "into the window and memory, so the sampler continues the clip. Uses the last 12m-3 frames.",
+            inputs=[
+                VideoSSMModel.Input("model"),
+                VideoSSMState.Input("state", tooltip="a new stream (VideoSSM New Stream)"),
+                io.Image.Input("images", tooltip="the clip's frames (at least 9; a single image is repeated)"),
+                VideoSSMSchedule.Input("schedule", tooltip="its first prompt describes the clip"),
+                io.Vae.Input("vae", optional=True),
+            ],
+            outputs=[VideoSSMState.Output(display_name="state")],
+        )
+
+    @classmethod
+    def execute(cls, model, state, images, schedule, vae=None) -> io.NodeOutput:
+        wan_vae = streaming_vae(model, vae)
+        if images.shape[0] == 1:
+            images = images.repeat(9, 1, 1, 1)
+        frames = images[..., :3].permute(3, 0, 1, 2)[None].float() * 2 - 1  # [1, 3, T, H, W] in [-1, 1]
+        prompt = schedule.schedule.prompts[0]
+        new_state = prefill_from_frames(model.model, wan_vae, state, frames, prompt, schedule.conditioning[prompt])
+        return io.NodeOutput(new_state)

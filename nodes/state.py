@@ -1,0 +1,181 @@
+"""Stream-state nodes: start a stream, save / load it, look inside it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from comfy_api.latest import io, ui
+from PIL import Image, ImageDraw
+
+from ..videossm_core.config import SamplingConfig, StreamConfig
+from ..videossm_core.state import StateFileError, StreamState
+from ._files import OUTPUT_TAG, check_relative_name, output_path, resolve_state_file, state_file_choices
+from ._types import CATEGORY, VideoSSMModel, VideoSSMState
+
+
+class VideoSSMNewStream(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VideoSSMNewStream",
+            display_name="VideoSSM New Stream",
+            category=CATEGORY,
+            description="A fresh stream state: the local window (sink + recent frames), the global memory and "
+                        "how positions are counted. All lengths are latent frames (1 latent frame = 4 video frames).",
+            inputs=[
+                VideoSSMModel.Input("model"),
+                io.Int.Input("window_frames", default=12, min=2, max=64,
+                             tooltip="latent frames held in the attention window, sink included (LongLive: 12)"),
+                io.Int.Input("sink_frames", default=3, min=0, max=30, step=3,
+                             tooltip="first frames kept forever as an attention sink (a multiple of the 3-frame chunk)"),
+                io.Boolean.Input("global_memory", default=True,
+                                 tooltip="write frames leaving the window into the gated delta-rule state (VideoSSM); "
+                                         "off = window attention only (LongLive)"),
+                io.Combo.Input("memory_update", options=["chunkwise", "recurrent"], default="chunkwise",
+                               tooltip="chunkwise: fast WY form; recurrent: the token loop (same result, slow)"),
+                io.Float.Input("router_horizon_seconds", default=60.0, min=1.0, max=36000.0, step=1.0,
+                               tooltip="T of the position-aware router: memory weight grows towards it"),
+                io.Combo.Input("position_mode", options=["unbounded", "absolute"], default="unbounded",
+                               tooltip="absolute = as the checkpoints were trained, stops at ~256 s; "
+                                       "unbounded = window-relative positions, runs for hours"),
+                io.Float.Input("guidance", default=1.0, min=1.0, max=20.0, step=0.1,
+                               tooltip="classifier-free guidance; 1 = off (distilled few-step models need none)"),
+            ],
+            outputs=[VideoSSMState.Output(display_name="state")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, window_frames, sink_frames, **_):
+        try:
+            StreamConfig(window_frames=window_frames, sink_frames=sink_frames)
+        except ValueError as err:
+            return str(err)
+        return True
+
+    @classmethod
+    def execute(cls, model, window_frames, sink_frames, global_memory, memory_update, router_horizon_seconds,
+                position_mode, guidance) -> io.NodeOutput:
+        stream = StreamConfig(window_frames=window_frames, sink_frames=sink_frames, memory=global_memory,
+                              memory_update=memory_update, position_mode=position_mode,
+                              router_horizon_frames=max(1, round(router_horizon_seconds * model.fps / 4)))
+        state = StreamState.new(model.model.config, stream, SamplingConfig(guidance_scale=guidance))
+        return io.NodeOutput(state)
+
+
+class VideoSSMSaveState(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VideoSSMSaveState",
+            display_name="VideoSSM Save State",
+            category=CATEGORY,
+            description="Saves a stream state (caches, memory, decoder caches, position) to output/videossm as one "
+                        "safetensors file, to continue the video later.",
+            inputs=[VideoSSMState.Input("state"),
+                    io.String.Input("filename_prefix", default="videossm/state")],
+            outputs=[],
+            is_output_node=True,
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix, **_):
+        try:
+            check_relative_name(filename_prefix, "filename prefix")
+        except ValueError as err:
+            return str(err)
+        return True
+
+    @classmethod
+    def execute(cls, state, filename_prefix) -> io.NodeOutput:
+        path, subfolder, filename = output_path(filename_prefix, ".safetensors")
+        state.save(path)
+        return io.NodeOutput(ui=ui.PreviewText(f"saved {subfolder}/{filename}{OUTPUT_TAG}\n{state.summary()}"))
+
+
+class VideoSSMLoadState(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VideoSSMLoadState",
+            display_name="VideoSSM Load State",
+            category=CATEGORY,
+            description="Loads a stream state from input/videossm or output/videossm.",
+            inputs=[io.Combo.Input("state_file", options=state_file_choices())],
+            outputs=[VideoSSMState.Output(display_name="state")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, state_file, **_):
+        try:
+            resolve_state_file(state_file)
+        except (ValueError, FileNotFoundError) as err:
+            return str(err)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, state_file, **_):
+        import os
+
+        try:
+            return os.path.getmtime(resolve_state_file(state_file))
+        except (ValueError, OSError):
+            return float("nan")
+
+    @classmethod
+    def execute(cls, state_file) -> io.NodeOutput:
+        try:
+            state = StreamState.load(resolve_state_file(state_file))
+        except StateFileError as err:
+            raise ValueError(str(err)) from None
+        return io.NodeOutput(state)
+
+
+def _plot(state: StreamState, width: int = 768, height: int = 480) -> np.ndarray:
+    """Router weight, per-layer memory norms and window occupancy per chunk, as an RGB image."""
+    img = Image.new("RGB", (width, height), (24, 24, 28))
+    draw = ImageDraw.Draw(img)
+    history = state.history
+    panels = [("router weight gamma (per layer)", [h.get("gamma", []) for h in history]),
+              ("memory norm (per layer)", [h.get("memory_norm", []) for h in history]),
+              ("window occupancy (latent frames)", [[h.get("window", 0)] for h in history])]
+    colours = [(230, 90, 80), (90, 180, 230), (120, 210, 120), (230, 200, 90), (190, 120, 230), (240, 150, 60)]
+    ph = height // len(panels)
+    for p, (title, rows) in enumerate(panels):
+        top, left, right, bottom = p * ph + 22, 50, width - 12, (p + 1) * ph - 12
+        draw.rectangle([left, top, right, bottom], outline=(90, 90, 100))
+        draw.text((left, top - 16), title, fill=(220, 220, 220))
+        series = list(zip(*rows)) if rows and all(rows) else []
+        values = [v for s in series for v in s]
+        if not values:
+            draw.text((left + 8, top + 8), "no data yet (generate some chunks)", fill=(150, 150, 150))
+            continue
+        lo, hi = min(0.0, min(values)), max(values) or 1.0
+        draw.text((4, top), f"{hi:.3g}", fill=(160, 160, 160))
+        draw.text((4, bottom - 10), f"{lo:.3g}", fill=(160, 160, 160))
+        n = len(rows)
+        for i, s in enumerate(series):
+            pts = [(left + (right - left) * (j / max(1, n - 1)), bottom - (bottom - top) * (v - lo) / (hi - lo or 1))
+                   for j, v in enumerate(s)]
+            draw.line(pts if len(pts) > 1 else pts * 2, fill=colours[i % len(colours)], width=2)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+class VideoSSMInspectState(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VideoSSMInspectState",
+            display_name="VideoSSM Inspect State",
+            category=CATEGORY,
+            description="Plots the router weight, per-layer memory norms and window occupancy over the stream's "
+                        "chunks, and summarises the state.",
+            inputs=[VideoSSMState.Input("state")],
+            outputs=[io.Image.Output(display_name="plot"), io.String.Output(display_name="summary")],
+        )
+
+    @classmethod
+    def execute(cls, state) -> io.NodeOutput:
+        plot = torch.from_numpy(_plot(state))[None]
+        summary = state.summary()
+        return io.NodeOutput(plot, summary, ui=ui.PreviewText(summary))
