@@ -43,6 +43,8 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders import autoencoder_kl_wan as _dwan
 
+from .errors import CheckpointError
+
 # Per-channel statistics of Wan2.1 latents (wan/modules/vae.py; identical in diffusers' AutoencoderKLWan config).
 WAN_LATENTS_MEAN: tuple[float, ...] = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -76,9 +78,6 @@ _WAN22_MARKER = "decoder.upsamples.0.upsamples.0.residual.2.weight"
 _SLOT_EMPTY, _SLOT_REP, _SLOT_TENSOR = 0, 1, 2
 _REP = "Rep"  # diffusers' sentinel: the temporal upsampler has seen exactly one latent frame
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: damaged, the wrong kind of model, or with missing/unexpected keys."""
 
 
 # --------------------------------------------------------------------------------------------------------------
