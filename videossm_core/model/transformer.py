@@ -329,10 +329,6 @@ class CausalWanModel(nn.Module):
         plan, branch.slot_frames, new_next = plan_cache(
             branch.slot_frames, start_frame, f, next_frame, h * w, (h, w), self.config, stream)
         memory_on = stream.memory and not stream.full_cache and self.config.memory.enabled
-        gamma = None
-        if memory_on:
-            gamma_frames = [blk.self_attn.memory.router(plan.query_frames.to(x.device), stream.router_horizon_frames)
-                            for blk in self.blocks]
         if counters is not None:
             counters["model_calls"] = counters.get("model_calls", 0) + 1
             if plan.evicted_frames:
@@ -342,9 +338,11 @@ class CausalWanModel(nn.Module):
                     counters["memory_writes"] = counters.get("memory_writes", 0) + 1
         e, e0 = self.embed_time(timestep)
         tokens = self._patchify(x)
-        for i, (block, layer) in enumerate(zip(self.blocks, branch.layers)):
+        query_frames = plan.query_frames.to(x.device)
+        for block, layer in zip(self.blocks, branch.layers):
+            gamma = None  # the router weight per query token, [N]
             if memory_on:
-                gamma = gamma_frames[i].repeat_interleave(h * w)
+                gamma = block.self_attn.memory.router(query_frames, stream.router_horizon_frames).repeat_interleave(h * w)
 
             def attend(hin, blk=block, cache=layer, g=gamma):
                 return blk.self_attn.forward_stream(hin, cache, plan, memory_on, g, stream.memory_update)
