@@ -47,8 +47,8 @@ def sinusoidal_embedding(timesteps: Tensor, dim: int) -> Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1).float()
 
 
-class SelfAttention(nn.Module):
-    """Window attention (local memory) fused with the gated delta-rule state (global memory)."""
+class _Projections(nn.Module):
+    """Wan's attention projections: q, k, v, o and the q/k RMSNorms across all heads."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -59,7 +59,14 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = WanRMSNorm(dim, config.eps)
         self.norm_k = WanRMSNorm(dim, config.eps)
-        self.memory = HybridMemory(dim, config.num_heads, config.memory) if config.memory.enabled else None
+
+
+class SelfAttention(_Projections):
+    """Window attention (local memory) fused with the gated delta-rule state (global memory)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.memory = HybridMemory(config.dim, config.num_heads, config.memory) if config.memory.enabled else None
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x: [B, N, dim] -> q, k, v: [B, N, H, D] (q, k RMS-normed, not rotated)."""
@@ -127,18 +134,8 @@ def _ensure_capacity(cache: LayerCache, tokens: int, like: Tensor, with_gates: b
             cache.memory = empty_memory_state(b, h, d, like.device)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Projections):
     """Attention from video tokens to the prompt's tokens; K/V are computed once per prompt."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        dim, self.num_heads, self.head_dim = config.dim, config.num_heads, config.head_dim
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = WanRMSNorm(dim, config.eps)
-        self.norm_k = WanRMSNorm(dim, config.eps)
 
     def project_context(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """context: [B, L, dim] (after the text embedding) -> k, v: [B, L, H, D]."""
