@@ -17,6 +17,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from ..config import ModelConfig, StreamConfig
@@ -275,11 +276,11 @@ class CausalWanModel(nn.Module):
         return self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2).float()  # [B, N, dim]
 
     def _unpatchify(self, out: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """[B, F*h*w, pt*ph*pw*C] head output -> [B, C, F*pt, h*ph, w*pw] (Wan's channel-last patch order)."""
         f, h, w = grid
         pt, ph, pw = self.config.patch_size
-        b = out.shape[0]
-        out = out.float().reshape(b, f, h, w, pt, ph, pw, self.config.out_dim)
-        return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, self.config.out_dim, f * pt, h * ph, w * pw)
+        return rearrange(out.float(), "b (f h w) (pt ph pw c) -> b c (f pt) (h ph) (w pw)",
+                         f=f, h=h, w=w, pt=pt, ph=ph, pw=pw)
 
     # ------------------------------------------------------------------ one-shot
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor, mask: Tensor | None = None,
