@@ -89,12 +89,13 @@ class VideoSSMSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, filename_prefix, width, height, **_):
+    def validate_inputs(cls, filename_prefix, width, height):
         try:
-            check_relative_name(filename_prefix, "filename prefix")
+            if filename_prefix is not None:  # None: linked, known only at run time
+                check_relative_name(filename_prefix, "filename prefix")
         except ValueError as err:
             return str(err)
-        if width % 8 or height % 8:
+        if width is not None and height is not None and (width % 8 or height % 8):
             return f"width and height must be multiples of 8 (got {width}x{height})"
         return True
 
@@ -118,12 +119,10 @@ class VideoSSMSampler(io.ComfyNode):
                 return schedule.conditioning[prompt]
             return torch.zeros_like(next(iter(schedule.conditioning.values())))  # empty negative prompt
 
-        try:
-            events = generate_video(model.model, wan_vae, encode, schedule.schedule, seconds, width, height,
-                                    video_path=video_path, state=run_state, seed=seed, state_path=state_path,
-                                    fps=model.fps, copy_state=False)
-        except ScheduleError as err:
-            raise ValueError(f"prompt schedule, {err}") from None
+        # a generator: its checks (e.g. the schedule against the length) run at the first chunk, in the loop
+        events = generate_video(model.model, wan_vae, encode, schedule.schedule, seconds, width, height,
+                                video_path=video_path, state=run_state, seed=seed, state_path=state_path,
+                                fps=model.fps, copy_state=False)
         pbar = None
         last = None
         try:
@@ -136,6 +135,8 @@ class VideoSSMSampler(io.ComfyNode):
                 pbar.update_absolute(event.done, event.total, ("JPEG", preview, 512))
                 _send_chunk_event(cls.hidden.unique_id, event, model.fps)
                 comfy.model_management.throw_exception_if_processing_interrupted()
+        except ScheduleError as err:
+            raise ValueError(f"prompt schedule, {err}") from None
         finally:
             events.close()  # closes the mp4 and keeps the state of every finished chunk
         out_state = last.state

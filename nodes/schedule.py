@@ -57,7 +57,9 @@ class VideoSSMPromptSchedule(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, schedule, duration_seconds, **_):
+    def validate_inputs(cls, schedule, duration_seconds):
+        if schedule is None or duration_seconds is None:  # linked: known only at run time (execute checks)
+            return True
         try:
             _check(schedule, duration_seconds)
         except ScheduleError as err:

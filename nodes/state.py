@@ -45,7 +45,9 @@ class VideoSSMNewStream(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, window_frames, sink_frames, **_):
+    def validate_inputs(cls, window_frames, sink_frames):
+        if window_frames is None or sink_frames is None:  # linked: known only at run time
+            return True
         try:
             StreamConfig(window_frames=window_frames, sink_frames=sink_frames)
         except ValueError as err:
@@ -79,7 +81,9 @@ class VideoSSMSaveState(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, filename_prefix, **_):
+    def validate_inputs(cls, filename_prefix):
+        if filename_prefix is None:  # linked: known only at run time
+            return True
         try:
             check_relative_name(filename_prefix, "filename prefix")
         except ValueError as err:
@@ -106,7 +110,9 @@ class VideoSSMLoadState(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, state_file, **_):
+    def validate_inputs(cls, state_file):
+        if state_file is None:  # linked: known only at run time
+            return True
         try:
             resolve_state_file(state_file)
         except (ValueError, FileNotFoundError) as err:

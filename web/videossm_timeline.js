@@ -212,6 +212,8 @@ class TimelineController {
 
   /** Re-render if the schedule, duration or fps changed (cheap to call every frame). */
   refresh(force = false) {
+    const id = String(this.node.id); // the id is only assigned after onNodeCreated (add / configure)
+    if (this.root.dataset.node !== id) this.root.dataset.node = id;
     const key = `${this.text}\u0000${this.duration}\u0000${this.fps}\u0000${this.playhead}`;
     if (!force && key === this.rendered) return;
     this.rendered = key;

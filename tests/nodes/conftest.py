@@ -21,10 +21,29 @@ from __future__ import annotations
 import pytest
 
 
+# Names of the tiny stand-in files in the server's model folders (see tests/nodes/model_files.py).
+TINY_GENERATOR = "tiny-videossm-generator.safetensors"
+TINY_LORA = "tiny-videossm-lora.safetensors"
+TINY_T5 = "tiny-t5-base-encoder.safetensors"
+TINY_VAE = "tiny-wan21-vae.safetensors"
+VAE_AS_GENERATOR = "tiny-wan21-vae-not-a-generator.safetensors"  # a VAE put in diffusion_models
+
+
 @pytest.fixture(scope="session")
-def comfy_model_files():
-    """{"<models subfolder>": [paths] | {"<file name>": path}} for the node-test server."""
-    return {}
+def comfy_model_files(tmp_path_factory):
+    """{"<models subfolder>": [paths] | {"<file name>": path}} for the node-test server: tiny random-weight
+    stand-ins synthesised here (nothing is committed or downloaded), see tests/nodes/model_files.py."""
+    from tests.nodes import model_files
+
+    folder = tmp_path_factory.mktemp("videossm-models")
+    vae = model_files.make_wan_vae(folder / TINY_VAE)
+    return {
+        "diffusion_models": {TINY_GENERATOR: model_files.make_generator(folder / TINY_GENERATOR),
+                             VAE_AS_GENERATOR: vae},
+        "loras": {TINY_LORA: model_files.make_lora(folder / TINY_LORA)},
+        "text_encoders": {TINY_T5: model_files.make_t5_base(folder / TINY_T5)},
+        "vae": {TINY_VAE: vae},
+    }
 
 
 @pytest.fixture(scope="session")
