@@ -12,6 +12,7 @@ which ``generate_video(state=StreamState.load(...))`` continues the same stream.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -174,4 +175,8 @@ def generate_video(
         raise
     finally:
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except OSError:
+                if sys.exc_info()[0] is None:  # don't hide the error that got us here (e.g. a full disk)
+                    raise

@@ -75,3 +75,24 @@ def test_bad_resolution_is_refused(parts):
     model, vae, encode = parts
     with pytest.raises(ValueError, match="multiples of 8"):
         next(generate_video(model, vae, encode, SCHEDULE, 3.0, 30, 32))
+
+
+def test_full_disk_while_writing_keeps_what_was_made(parts, tmp_path, monkeypatch):
+    from videossm_core import video_io
+
+    real_write = video_io.Mp4Writer.write
+    calls = {"n": 0}
+
+    def failing_write(self, frames):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third chunk hits a full disk
+            raise video_io.VideoWriteError(28, "could not write video frames (No space left on device); the disk "
+                                               "may be full. The frames written so far stay playable")
+        return real_write(self, frames)
+
+    monkeypatch.setattr(video_io.Mp4Writer, "write", failing_write)
+    with pytest.raises(video_io.VideoWriteError, match="disk may be full"):
+        _run(parts, tmp_path, "disk", 3.0)
+    assert len(read_video(tmp_path / "disk.mp4")) == 21  # chunks 0 and 1 are in the video
+    state = StreamState.load(tmp_path / "disk.state.safetensors")
+    assert state.next_frame == 6  # the state matches the video: resume from it after freeing space
