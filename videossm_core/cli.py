@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -46,7 +47,8 @@ def _progress(total: int):
 
 
 def _load_models(args):
-    """(model, vae, encode, width, height, stream defaults) from the demo bundle or real files."""
+    """(model, vae, encode, width, height, stream, sampling) from the demo bundle or real files; the
+    stream/sampling settings are the ones the model was trained for (None: the library defaults)."""
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
@@ -64,7 +66,8 @@ def _load_models(args):
                 return encoder.encode([prompt]).to(args.device)
 
         height, width = bundle.resolution
-        return bundle.model, bundle.vae, encode, args.width or width, args.height or height
+        return (bundle.model, bundle.vae, encode, args.width or width, args.height or height,
+                bundle.stream_config, bundle.sampling_config)
     from .checkpoints import load_model
     from .vae import load_vae
 
@@ -80,7 +83,7 @@ def _load_models(args):
     def encode(prompt: str):
         return umt5.encode([prompt]).to(args.device)
 
-    return model, vae, encode, args.width or 832, args.height or 480
+    return model, vae, encode, args.width or 832, args.height or 480, None, None
 
 
 def cmd_generate(args) -> int:
@@ -101,14 +104,18 @@ def cmd_generate(args) -> int:
         where = args.schedule_file or "the schedule"
         print(f"error in {where}, {err}", file=sys.stderr)
         return 2
-    model, vae, encode, width, height = _load_models(args)
+    model, vae, encode, width, height, stream, sampling = _load_models(args)
     state = None
     if args.resume:
         state = StreamState.load(args.resume)
-    stream = StreamConfig(memory=not args.no_memory, position_mode=args.positions,
-                          window_frames=args.window, sink_frames=args.sink,
-                          router_horizon_frames=args.horizon or max(3, round(args.seconds * 4)))
-    sampling = SamplingConfig(guidance_scale=args.guidance)
+    stream = (stream or StreamConfig()).replace(router_horizon_frames=args.horizon or max(3, round(args.seconds * 4)))
+    for field, value in (("memory", False if args.no_memory else None), ("position_mode", args.positions),
+                         ("window_frames", args.window), ("sink_frames", args.sink)):
+        if value is not None:
+            stream = stream.replace(**{field: value})
+    sampling = sampling or SamplingConfig()
+    if args.guidance is not None:
+        sampling = dataclasses.replace(sampling, guidance_scale=args.guidance)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     state_path = args.state_out or os.path.splitext(args.out)[0] + ".state.safetensors"
     events = generate_video(model, vae, encode, schedule, args.seconds, width, height, video_path=args.out,
@@ -160,14 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--vae", help="Wan2.1 VAE (Wan2.1_VAE.pth, wan_2.1_vae.safetensors or a diffusers folder)")
     gen.add_argument("--text-encoder", help="a local UMT5-XXL folder (needs `pip install transformers sentencepiece`)")
     gen.add_argument("--negative", help="negative prompt (with --guidance > 1)")
-    gen.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off; default: the model's)")
     gen.add_argument("--width", type=int)
     gen.add_argument("--height", type=int)
-    gen.add_argument("--window", type=int, default=12, help="cached latent frames incl. the sink (default 12)")
-    gen.add_argument("--sink", type=int, default=3, help="sink latent frames (default 3)")
+    gen.add_argument("--window", type=int, help="cached latent frames incl. the sink (default 12)")
+    gen.add_argument("--sink", type=int, help="sink latent frames (default 3)")
     gen.add_argument("--no-memory", action="store_true", help="window attention only (LongLive behaviour)")
     gen.add_argument("--positions", choices=["absolute", "unbounded"], default="unbounded",
-                     help="RoPE frame positions; absolute stops at 1024 latent frames (~256 s)")
+                     help="RoPE frame positions (default unbounded); absolute stops at 1024 latent frames (~256 s)")
     gen.add_argument("--horizon", type=int, help="router horizon T in latent frames (default: the video length)")
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")

@@ -1,0 +1,33 @@
+"""The command line: the README's main job (shortened) on the bundled demo model, and its errors."""
+
+import pytest
+
+from videossm_core.cli import main
+from videossm_core.state import StreamState
+from videossm_core.video_io import video_info
+
+
+def test_generate_on_the_demo_model_then_resume(tmp_path):
+    out = tmp_path / "demo.mp4"
+    assert main(["generate", "--seconds", "1.5", "--out", str(out),
+                 "--schedule", "0s: a red circle bouncing on a dark background\n1s: a blue square resting on a light background"]) == 0
+    assert video_info(out)["frames"] == 33  # 3 chunks: 9 + 12 + 12 frames at 16 fps
+    state_path = tmp_path / "demo.state.safetensors"
+    assert StreamState.load(state_path).next_frame == 9
+    more = tmp_path / "more.mp4"
+    assert main(["generate", "--seconds", "0.75", "--out", str(more), "--resume", str(state_path),
+                 "--schedule", "0s: a blue square resting on a light background"]) == 0
+    assert video_info(more)["frames"] == 12
+    assert StreamState.load(tmp_path / "more.state.safetensors").next_frame == 12
+
+
+def test_schedule_errors_name_the_line(tmp_path, capsys):
+    schedule = tmp_path / "prompts.txt"
+    schedule.write_text("0s: a red circle bouncing on a dark background\nbanana\n")
+    assert main(["generate", "--schedule-file", str(schedule), "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "line 2" in capsys.readouterr().err
+
+
+def test_real_checkpoints_need_vae_and_text_encoder(tmp_path):
+    with pytest.raises(SystemExit, match="--vae"):
+        main(["generate", "--model", str(tmp_path / "model.safetensors"), "--out", str(tmp_path / "x.mp4")])
