@@ -77,6 +77,21 @@ def segment_for_chunk(segments: list[PromptSegment], chunk: int) -> int:
     return index
 
 
+def remember_recent_latents_inplace(state: StreamState, x0: Tensor, start: int) -> None:
+    """Append a chunk's clean latents [B, C, F, H, W] (first frame ``start``) and keep only those of
+    the cached non-sink frames: what a prompt switch re-caches."""
+    if state.recent_latents is None:
+        recent, recent_start = x0, start
+    else:
+        recent, recent_start = torch.cat([state.recent_latents, x0.to(state.recent_latents)], 2), state.recent_start
+    sink = 0 if state.stream.full_cache else state.stream.sink_frames
+    cached = [f for f in state.branches["cond"].slot_frames if f >= sink]
+    keep_from = min(cached) if cached else state.next_frame
+    drop = max(0, keep_from - recent_start)
+    state.recent_latents = recent[:, :, drop:] if drop < recent.shape[2] else None
+    state.recent_start = recent_start + drop
+
+
 class StreamSampler:
     """Runs a model over a stream state. Holds no stream data itself: everything is in the state."""
 
@@ -163,7 +178,7 @@ class StreamSampler:
                 s_next = steps[i + 1] / cfg.num_train_timesteps
                 x = (1.0 - s_next) * x0 + s_next * chunk_noise(state.seed, chunk_idx, i + 1, shape)
         self._predict(state, x0, cfg.context_timestep, start, state.next_frame)  # write the clean chunk
-        self._remember_latents(state, x0, start)
+        remember_recent_latents_inplace(state, x0, start)
         self._log_chunk(state, chunk_idx, start)
         return ChunkOutput(chunk_idx, start, x0, state.segment_index, switched, state)
 
@@ -188,21 +203,8 @@ class StreamSampler:
             x0 = latents[:, :, offset:offset + chunk].float().cpu()
             start = state.next_frame
             _, state.next_frame = self._predict(state, x0, state.sampling.context_timestep, start, state.next_frame)
-            self._remember_latents(state, x0, start)
+            remember_recent_latents_inplace(state, x0, start)
             self._log_chunk(state, start // chunk, start)
-
-    def _remember_latents(self, state: StreamState, x0: Tensor, start: int) -> None:
-        """Keep the clean latents of the cached non-sink frames (what a prompt switch re-caches)."""
-        if state.recent_latents is None:
-            recent, recent_start = x0, start
-        else:
-            recent, recent_start = torch.cat([state.recent_latents, x0.to(state.recent_latents)], 2), state.recent_start
-        sink = 0 if state.stream.full_cache else state.stream.sink_frames
-        cached = [f for f in state.branches["cond"].slot_frames if f >= sink]
-        keep_from = min(cached) if cached else state.next_frame
-        drop = max(0, keep_from - recent_start)
-        state.recent_latents = recent[:, :, drop:] if drop < recent.shape[2] else None
-        state.recent_start = recent_start + drop
 
     def _log_chunk(self, state: StreamState, chunk_idx: int, start: int) -> None:
         state.history.append({

@@ -6,7 +6,10 @@ from videossm_core.cli import main
 from videossm_core.state import StreamState
 from videossm_core.video_io import video_info
 
+from tests.demo_weights import needs_demo_weights
 
+
+@needs_demo_weights
 def test_generate_on_the_demo_model_then_resume(tmp_path):
     out = tmp_path / "demo.mp4"
     assert main(["generate", "--seconds", "1.5", "--out", str(out),

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.comfy_server import REPO_ROOT
+from tests.demo_weights import require_demo_weights
 from tests.nodes.conftest import TINY_GENERATOR, TINY_LORA, TINY_T5, TINY_VAE, VAE_AS_GENERATOR
 
 WORKFLOWS = REPO_ROOT / "workflows"
@@ -178,11 +179,7 @@ def tiny_graph(seconds: float, prefix: str, seed: int = 1, size=(64, 64)) -> dic
 
 
 def require_demo_bundle() -> None:
-    from videossm_core.demo.bundle import DEMO_DIR, demo_files_present
-
-    if not demo_files_present():
-        pytest.fail(f"the bundled demo model is missing from {DEMO_DIR}: the demo-model tests need the "
-                    "shipped weights (generator, vae and text_encoder .safetensors)")
+    require_demo_weights()
 
 
 # ------------------------------------------------------------------ fixtures

@@ -1,0 +1,334 @@
+"""``videossm train ...`` / ``python -m videossm_core.training ...``: the training command line.
+
+Subcommands (each resumes from its own latest checkpoint in ``--workdir`` when one exists):
+
+    vae        train the demo VAE on the procedural world
+    teacher    flow-matching bidirectional teacher (+ the demo text encoder, trained jointly)
+    stage1     causal few-step student: optional ODE warm start, then Self-Forcing DMD
+    stage2     long self-rollout DMD with the window and global memory live, prompt switches
+    export     write the shipped demo files (generator / vae / text encoder) from finished runs
+    evaluate   generate, decode and measure prompt following, switches and long-run stability
+    demo       everything above, in order, into one run folder
+
+Run data-parallel with ``torchrun --nproc_per_node N -m videossm_core.training <subcommand> ...``.
+See ``videossm_core/training/README.md`` for the demo recipe and the real-scale (Wan2.1) command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import configure_threads
+
+
+def _add_common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
+    p.add_argument("--workdir", required=True, help="run folder (checkpoints, logs, outputs)")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=batch, help="global batch (split over processes)")
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads per process (1: on shared or oversubscribed cores more threads are much slower)")
+    p.add_argument("--fixed-batch", action="store_true", help="reuse the step-0 batch every step (debugging)")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop this process after this step (run in slices; rerun the same command to continue)")
+
+
+def _add_model_source(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(f"--{what}", required=True,
+                   help=f"{what} weights: a run folder of the previous stage, a .safetensors written by "
+                        "this trainer, or any checkpoint videossm_core.checkpoints.load_model reads")
+
+
+def _add_conditioning(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-encoder", default=None,
+                   help="demo text encoder file, or a local UMT5 folder (real scale); default: the teacher run's")
+    p.add_argument("--prompts", default=None, help="prompt file, one per line (default: the demo world's prompts)")
+    p.add_argument("--latent-frames", type=int, default=21, help="latent frames of a training clip/window")
+    p.add_argument("--latent-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="latent height and width (default: from the teacher run, 8 8 for the demo)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the one-shot model passes")
+    p.add_argument("--eval-vae", default=None, help="demo: VAE run/file to decode and measure the result with")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (each rank takes cuda:<local rank>)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videossm train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("vae", help="train the demo VAE")
+    _add_common(p, steps=500, batch=4, lr=3e-4)
+    p.add_argument("--image-steps", type=int, default=800, help="phase A: steps on single whole frames")
+    p.add_argument("--image-batch-size", type=int, default=16)
+    p.add_argument("--video-lr", type=float, default=2e-4, help="phase B (--steps on clips) learning rate")
+    p.add_argument("--ring", type=int, default=3, help="pixels around the object weighted like the object")
+    p.add_argument("--init", default=None, help="continue from this trained VAE (file or run folder)")
+    p.add_argument("--crop", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--full-frame-every", type=int, default=0)
+    p.add_argument("--frames", type=int, default=21, help="video frames per training clip (1 + 4k); long enough "
+                   "that the causal caches reach their steady state, as in a long stream")
+    p.add_argument("--size", type=int, default=64, help="video height = width in pixels")
+    p.add_argument("--kl-weight", type=float, default=1e-4)
+    p.add_argument("--fg-weight", type=float, default=30.0)
+    p.add_argument("--eval-clips", type=int, default=16)
+    p.set_defaults(func=cmd_vae)
+
+    p = sub.add_parser("vae-decoder", help="sharpen the demo VAE's decoder with its encoder frozen")
+    _add_common(p, steps=600, batch=4, lr=2e-4)
+    p.add_argument("--vae", required=True, help="the VAE run folder or file")
+    p.add_argument("--frames", type=int, default=21)
+    p.add_argument("--crop", type=int, default=32)
+    p.add_argument("--latent-noise", type=float, default=0.05)
+    p.add_argument("--eval-clips", type=int, default=12)
+    p.set_defaults(func=cmd_vae_decoder)
+
+    p = sub.add_parser("teacher", help="train the bidirectional flow-matching teacher and the demo text encoder")
+    _add_common(p, steps=800, batch=8, lr=3e-4)
+    p.add_argument("--vae", required=True, help="the VAE run folder or file (encodes the world clips)")
+    p.add_argument("--preset", default="demo")
+    p.add_argument("--clips", type=int, default=512, help="world clips to encode into the latent cache")
+    p.add_argument("--clip-latent-frames", type=int, default=27, help="latent frames per cached clip")
+    p.add_argument("--latent-frames", type=int, default=21)
+    p.add_argument("--prompt-dropout", type=float, default=0.1)
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--init", default=None, help="start from these teacher weights (load_model) instead of scratch")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (each rank takes cuda:<local rank>)")
+    p.set_defaults(func=cmd_teacher)
+
+    p = sub.add_parser("stage1", help="causal few-step distillation (ODE warm start + Self-Forcing DMD)")
+    _add_common(p, steps=200, batch=8, lr=2e-4)
+    _add_model_source(p, "teacher")
+    _add_conditioning(p)
+    p.add_argument("--student", default=None, help="student init (default: the teacher)")
+    p.add_argument("--ode-pairs", type=int, default=256, help="teacher ODE trajectories for the warm start (0: skip)")
+    p.add_argument("--ode-steps", type=int, default=300, help="warm-start regression steps")
+    p.add_argument("--ode-lr", type=float, default=3e-4)
+    p.add_argument("--ode-solver-steps", type=int, default=16)
+    p.add_argument("--guidance", type=float, default=3.0, help="teacher CFG scale in DMD (real score)")
+    p.add_argument("--critic-lr", type=float, default=2e-4)
+    p.add_argument("--critic-ratio", type=int, default=2, help="critic updates per generator update")
+    p.add_argument("--same-exit-step", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=cmd_stage1)
+
+    p = sub.add_parser("stage2", help="long self-rollout DMD with live memory and prompt switches")
+    _add_common(p, steps=200, batch=4, lr=1e-4)
+    _add_model_source(p, "teacher")
+    _add_model_source(p, "student")
+    _add_conditioning(p)
+    p.add_argument("--critic", default=None, help="critic init (default: the stage-1 run's critic, else the teacher)")
+    p.add_argument("--rollout-frames", type=int, default=105, help="latent frames of one long rollout")
+    p.add_argument("--switch-prob", type=float, default=0.5, help="probability of a prompt switch per window")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--critic-lr", type=float, default=1e-4)
+    p.add_argument("--critic-ratio", type=int, default=2)
+    p.add_argument("--base-lr-scale", type=float, default=0.3,
+                   help="LR of the non-memory student parameters relative to --lr (0 freezes them)")
+    p.set_defaults(func=cmd_stage2)
+
+    p = sub.add_parser("export", help="write the demo files (generator, vae, text encoder)")
+    p.add_argument("--generator", required=True, help="stage-2 (or stage-1) run folder or generator file")
+    p.add_argument("--vae", required=True)
+    p.add_argument("--text-encoder", required=True, help="teacher run folder or text encoder file")
+    p.add_argument("--out", default=None, help="default: videossm_core/demo/weights")
+    p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="measure prompt following, switch latency and long-run stability")
+    p.add_argument("--weights", default=None, help="folder with the three demo files (default: the shipped ones)")
+    p.add_argument("--generator", default=None, help="override the generator file")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--long-seconds", type=float, default=0.0, help="also run one long video of this length")
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("demo", help="the whole demo recipe: vae, teacher, stage1, stage2, export, evaluate")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", default=None, help="where the demo files go (default: videossm_core/demo/weights)")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+# The demo recipe (what videossm_core/demo/weights/CARD.md reports); each stage resumes if interrupted.
+DEMO_RECIPE = {
+    "vae": ["--image-steps", "800", "--steps", "500", "--batch-size", "4", "--frames", "21", "--checkpoint-every", "100"],
+    "teacher": ["--steps", "800", "--batch-size", "8", "--lr", "4e-4", "--clips", "384", "--checkpoint-every", "100"],
+    "stage1": ["--ode-pairs", "128", "--ode-steps", "150", "--ode-solver-steps", "12", "--steps", "120",
+               "--batch-size", "4", "--lr", "1e-4", "--critic-lr", "1e-4", "--critic-ratio", "2", "--checkpoint-every", "50"],
+    "stage2": ["--steps", "120", "--batch-size", "4", "--lr", "1e-4", "--critic-lr", "1e-4", "--critic-ratio", "2",
+               "--rollout-frames", "105", "--switch-prob", "0.5", "--checkpoint-every", "40"],
+}
+
+
+def cmd_demo(args) -> int:
+    root = Path(args.workdir)
+    main(["vae", "--workdir", str(root / "vae"), *DEMO_RECIPE["vae"]])
+    main(["teacher", "--workdir", str(root / "teacher"), "--vae", str(root / "vae"), *DEMO_RECIPE["teacher"]])
+    main(["stage1", "--workdir", str(root / "stage1"), "--teacher", str(root / "teacher"),
+          "--eval-vae", str(root / "vae"), *DEMO_RECIPE["stage1"]])
+    main(["stage2", "--workdir", str(root / "stage2"), "--teacher", str(root / "teacher"),
+          "--student", str(root / "stage1"), "--eval-vae", str(root / "vae"), *DEMO_RECIPE["stage2"]])
+    export = ["export", "--generator", str(root / "stage2"), "--vae", str(root / "vae"),
+              "--text-encoder", str(root / "teacher")]
+    main(export + (["--out", args.out] if args.out else []))
+    evaluate = ["evaluate", "--seconds", "20", "--long-seconds", "300", "--out", str(root / "evaluation.json")]
+    main(evaluate + (["--weights", args.out] if args.out else []))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+def _env():
+    from .distributed import init_distributed
+
+    return init_distributed()
+
+
+def cmd_vae(args) -> int:
+    from .vae_training import VAETrainConfig, train_vae
+
+    env = _env()
+    cfg = VAETrainConfig(workdir=args.workdir, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                         image_steps=args.image_steps, image_batch_size=args.image_batch_size, video_lr=args.video_lr,
+                         ring=args.ring, init=args.init,
+                         seed=args.seed, crop=args.crop or None, full_frame_every=args.full_frame_every,
+                         frames=args.frames, height=args.size, width=args.size, kl_weight=args.kl_weight,
+                         fg_weight=args.fg_weight, eval_clips=args.eval_clips,
+                         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                         fixed_batch=args.fixed_batch, stop_after=args.stop_after)
+    t0 = time.time()
+    summary = train_vae(cfg, env)
+    _finish(args.workdir, env, "vae", t0, summary)
+    return 0
+
+
+def cmd_vae_decoder(args) -> int:
+    from .vae_training import DecoderTuneConfig, tune_decoder
+
+    env = _env()
+    cfg = DecoderTuneConfig(workdir=args.workdir, vae=args.vae, steps=args.steps, batch_size=args.batch_size,
+                            lr=args.lr, seed=args.seed, frames=args.frames, crop=args.crop or None,
+                            latent_noise=args.latent_noise, eval_clips=args.eval_clips,
+                            checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                            fixed_batch=args.fixed_batch, stop_after=args.stop_after)
+    t0 = time.time()
+    summary = tune_decoder(cfg, env)
+    _finish(args.workdir, env, "vae-decoder", t0, summary)
+    return 0
+
+
+def cmd_teacher(args) -> int:
+    from .teacher import TeacherTrainConfig, train_teacher
+
+    env = _env()
+    cfg = TeacherTrainConfig(workdir=args.workdir, vae=args.vae, preset=args.preset, steps=args.steps,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed, clips=args.clips,
+                             clip_latent_frames=args.clip_latent_frames, latent_frames=args.latent_frames,
+                             prompt_dropout=args.prompt_dropout, ema=args.ema, compile=args.compile,
+                             checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                             fixed_batch=args.fixed_batch, init=args.init, stop_after=args.stop_after,
+                             device=args.device)
+    t0 = time.time()
+    summary = train_teacher(cfg, env)
+    _finish(args.workdir, env, "teacher", t0, summary)
+    return 0
+
+
+def _distill_common(args) -> dict[str, Any]:
+    return dict(workdir=args.workdir, teacher=args.teacher, steps=args.steps, batch_size=args.batch_size,
+                lr=args.lr, seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                fixed_batch=args.fixed_batch, stop_after=args.stop_after, text_encoder=args.text_encoder,
+                prompts=args.prompts,
+                latent_frames=args.latent_frames,
+                latent_size=tuple(args.latent_size) if args.latent_size else None,
+                compile=args.compile, guidance=args.guidance, critic_lr=args.critic_lr, eval_vae=args.eval_vae,
+                critic_ratio=args.critic_ratio, device=args.device)
+
+
+def cmd_stage1(args) -> int:
+    from .stage1 import Stage1Config, train_stage1
+
+    env = _env()
+    cfg = Stage1Config(**_distill_common(args), student=args.student, ode_pairs=args.ode_pairs,
+                       ode_steps=args.ode_steps, ode_lr=args.ode_lr, ode_solver_steps=args.ode_solver_steps,
+                       same_exit_step=args.same_exit_step)
+    t0 = time.time()
+    summary = train_stage1(cfg, env)
+    _finish(args.workdir, env, "stage1", t0, summary)
+    return 0
+
+
+def cmd_stage2(args) -> int:
+    from .stage2 import Stage2Config, train_stage2
+
+    env = _env()
+    cfg = Stage2Config(**_distill_common(args), student=args.student, critic=args.critic,
+                       rollout_frames=args.rollout_frames, switch_prob=args.switch_prob,
+                       base_lr_scale=args.base_lr_scale)
+    t0 = time.time()
+    summary = train_stage2(cfg, env)
+    _finish(args.workdir, env, "stage2", t0, summary)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_demo
+
+    out = export_demo(args.generator, args.vae, args.text_encoder, args.out, args.dtype)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_bundle
+
+    results = evaluate_bundle(args.weights, generator=args.generator, seconds=args.seconds,
+                              long_seconds=args.long_seconds, num_prompts=args.prompts, seed=args.seed)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    return 0
+
+
+def _finish(workdir: str, env, stage: str, t0: float, summary: dict[str, Any]) -> None:
+    """Write ``<workdir>/summary.json`` (wall time, final losses, measurements) on rank 0."""
+    from .distributed import shutdown
+
+    if env.is_main:
+        losses = summary.pop("losses", None)
+        record = {"stage": stage, "wall_time_s": round(time.time() - t0, 1), "world_size": env.world_size,
+                  **{k: v for k, v in summary.items() if isinstance(v, (int, float, str, dict, list))}}
+        if losses:
+            record["final_loss"] = losses[-1]
+            record["mean_last_10"] = sum(losses[-10:]) / len(losses[-10:])
+        path = Path(workdir) / "summary.json"
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+        runs = previous.get("runs", []) + [record]
+        path.write_text(json.dumps({**record, "runs": runs}, indent=2))
+        print(json.dumps({k: v for k, v in record.items() if k != "runs"}), flush=True)
+    shutdown(env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_threads(getattr(args, "threads", None))
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
