@@ -37,13 +37,19 @@ CHECKPOINT_DIR = "checkpoints"
 # ---------------------------------------------------------------------------------------------- RNG
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors and plain Python values, so checkpoints load with
+    ``torch.load(weights_only=True)`` (no pickled objects)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+            "python": random.getstate()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(state["python"]) if not isinstance(state["python"], tuple) else state["python"])
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -87,15 +93,32 @@ def save_checkpoint(workdir: str | os.PathLike, step: int, env: DistEnv, shared:
     return final
 
 
+def _checkpoint_classes() -> list[type]:
+    """The project's own plain-data classes a checkpoint may hold (stage 2 carries its rollout's
+    stream state); ``weights_only`` loading accepts these and nothing else besides tensors and
+    Python literals."""
+    from ..config import MemoryConfig, ModelConfig, SamplingConfig, StreamConfig
+    from ..state import BranchState, LayerCache, StreamState
+    from .stage2 import CarriedRollout
+
+    return [CarriedRollout, StreamState, BranchState, LayerCache, ModelConfig, MemoryConfig, StreamConfig,
+            SamplingConfig]
+
+
 def load_checkpoint(path: str | os.PathLike, env: DistEnv) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a checkpoint folder: ``(shared, local)``; restores this rank's RNG states."""
     path = Path(path)
-    shared = torch.load(path / "train.pt", map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals(_checkpoint_classes()):
+        return _load_checkpoint(path, env)
+
+
+def _load_checkpoint(path: Path, env: DistEnv) -> tuple[dict[str, Any], dict[str, Any]]:
+    shared = torch.load(path / "train.pt", map_location="cpu", weights_only=True)
     if shared.get("world_size", 1) != env.world_size:
         raise ValueError(f"{path} was written by a {shared.get('world_size')}-process run; resume it with the "
                          f"same number of processes (this run has {env.world_size})")
     local_path = path / f"rank_{env.rank}.pt"
-    local = torch.load(local_path, map_location="cpu", weights_only=False) if local_path.is_file() else {}
+    local = torch.load(local_path, map_location="cpu", weights_only=True) if local_path.is_file() else {}
     if "rng" in local:
         set_rng_state(local["rng"])
     return shared, local

@@ -2,7 +2,8 @@
 
 Subcommands (each resumes from its own latest checkpoint in ``--workdir`` when one exists):
 
-    vae        train the demo VAE on the procedural world
+    vae        train the demo VAE on the procedural world (or continue one with --init)
+    vae-decoder  sharpen a trained VAE's decoder with its encoder (latent space) frozen
     teacher    flow-matching bidirectional teacher (+ the demo text encoder, trained jointly)
     stage1     causal few-step student: optional ODE warm start, then Self-Forcing DMD
     stage2     long self-rollout DMD with the window and global memory live, prompt switches
@@ -164,24 +165,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The demo recipe (what videossm_core/demo/weights/CARD.md reports); each stage resumes if interrupted.
 DEMO_RECIPE = {
-    "vae": ["--image-steps", "800", "--steps", "500", "--batch-size", "4", "--frames", "21", "--checkpoint-every", "100"],
-    "teacher": ["--steps", "800", "--batch-size", "8", "--lr", "4e-4", "--clips", "384", "--checkpoint-every", "100"],
+    # VAE phase A (single frames) + B (clips), object-weighted; then a fine-tune with the ring weighting.
+    "vae": ["--image-steps", "800", "--steps", "500", "--batch-size", "4", "--frames", "21", "--fg-weight", "30",
+            "--ring", "0", "--checkpoint-every", "100"],
+    "vae2": ["--image-steps", "0", "--steps", "900", "--video-lr", "2e-4", "--fg-weight", "10", "--ring", "3",
+             "--batch-size", "4", "--frames", "21", "--checkpoint-every", "150"],
+    "teacher": ["--steps", "2000", "--batch-size", "8", "--lr", "4e-4", "--clips", "384", "--checkpoint-every", "100"],
     "stage1": ["--ode-pairs", "128", "--ode-steps", "150", "--ode-solver-steps", "12", "--steps", "120",
-               "--batch-size", "4", "--lr", "1e-4", "--critic-lr", "1e-4", "--critic-ratio", "2", "--checkpoint-every", "50"],
-    "stage2": ["--steps", "120", "--batch-size", "4", "--lr", "1e-4", "--critic-lr", "1e-4", "--critic-ratio", "2",
-               "--rollout-frames", "105", "--switch-prob", "0.5", "--checkpoint-every", "40"],
+               "--batch-size", "4", "--lr", "5e-5", "--critic-lr", "1e-4", "--critic-ratio", "2", "--guidance", "3.0",
+               "--checkpoint-every", "50"],
+    "stage2": ["--steps", "120", "--batch-size", "4", "--lr", "1e-3", "--base-lr-scale", "0.05", "--critic-lr", "1e-4",
+               "--critic-ratio", "2", "--rollout-frames", "105", "--switch-prob", "0.5", "--guidance", "3.0",
+               "--checkpoint-every", "40"],
 }
 
 
 def cmd_demo(args) -> int:
     root = Path(args.workdir)
     main(["vae", "--workdir", str(root / "vae"), *DEMO_RECIPE["vae"]])
-    main(["teacher", "--workdir", str(root / "teacher"), "--vae", str(root / "vae"), *DEMO_RECIPE["teacher"]])
+    main(["vae", "--workdir", str(root / "vae2"), "--init", str(root / "vae"), *DEMO_RECIPE["vae2"]])
+    main(["teacher", "--workdir", str(root / "teacher"), "--vae", str(root / "vae2"), *DEMO_RECIPE["teacher"]])
     main(["stage1", "--workdir", str(root / "stage1"), "--teacher", str(root / "teacher"),
-          "--eval-vae", str(root / "vae"), *DEMO_RECIPE["stage1"]])
+          "--eval-vae", str(root / "vae2"), *DEMO_RECIPE["stage1"]])
     main(["stage2", "--workdir", str(root / "stage2"), "--teacher", str(root / "teacher"),
-          "--student", str(root / "stage1"), "--eval-vae", str(root / "vae"), *DEMO_RECIPE["stage2"]])
-    export = ["export", "--generator", str(root / "stage2"), "--vae", str(root / "vae"),
+          "--student", str(root / "stage1"), "--eval-vae", str(root / "vae2"), *DEMO_RECIPE["stage2"]])
+    export = ["export", "--generator", str(root / "stage2"), "--vae", str(root / "vae2"),
               "--text-encoder", str(root / "teacher")]
     main(export + (["--out", args.out] if args.out else []))
     evaluate = ["evaluate", "--seconds", "20", "--long-seconds", "300", "--out", str(root / "evaluation.json")]

@@ -270,7 +270,7 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
         from .distributed import barrier
 
         barrier(env)
-        pairs = torch.load(pairs_path, weights_only=False)
+        pairs = torch.load(pairs_path, weights_only=True)
 
     history: dict[str, list[float]] = {"ode": [], "dmd": [], "critic": []}
     t0 = time.time()
