@@ -1,12 +1,15 @@
 """Per-chunk cost and memory of a long stream in three cache modes, measured in one run.
 
-    python benchmarks/bench_streaming.py [--chunks 500] [--preset demo] [--latent 8 8]
+    python benchmarks/bench_streaming.py [--chunks 500] [--preset demo] [--latent 16 16]
 
 Modes: ``full`` (a growing cache, as in Self-Forcing / ComfyUI core), ``window`` (sink + rolling window,
 as in LongLive) and ``hybrid`` (window + gated delta-rule global memory, VideoSSM). Each mode runs in
 its own process (so peak RSS is its own) through the real sampler: 4 denoising steps + the clean pass
 per chunk. Printed: median wall time per chunk early (chunks 10-60) and late (the last 50), their
 ratio per mode, the hybrid/window ratio, and resident memory early/late/peak.
+
+The demo preset patchifies 4x4 latent pixels, so ``--latent 16 16`` is 16 tokens per latent frame
+(the demo's 64x64 video) and ``--latent 32 32`` is 64.
 
 Targets (issue "Core"): hybrid late/early <= 1.05, hybrid over window <= 1.15, RSS flat.
 """
@@ -66,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=500)
     parser.add_argument("--preset", default="demo")
-    parser.add_argument("--latent", type=int, nargs=2, default=(8, 8), metavar=("H", "W"))
+    parser.add_argument("--latent", type=int, nargs=2, default=(16, 16), metavar=("H", "W"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--modes", nargs="+", default=["full", "window", "hybrid"])
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# Wan's VAE compresses 4x in time (first frame alone) and 8x in space; videos are played at 16 fps.
+# Wan2.1's VAE compresses 4x in time (first frame alone) and 8x in space (a VAE may say otherwise: WanVAE.spatial_stride);
+# videos are played at 16 fps.
 VAE_TEMPORAL_STRIDE = 4
 VAE_SPATIAL_STRIDE = 8
 DEFAULT_FPS = 16
@@ -219,10 +220,13 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         dim=64, num_layers=2, num_heads=2, ffn_dim=128, freq_dim=32, text_dim=32, text_len=8,
         in_dim=4, out_dim=4, memory=MemoryConfig(init_tokens_per_frame=16, retention_frames=6)),
-    # The shipped demo generator (trained by videossm_core.training on the procedural world).
+    # The shipped demo generator (trained by videossm_core.training on the procedural world). Its VAE has a
+    # spatial stride of 4 (see training.vae_training.demo_vae_config), so it patchifies 4x4 latent pixels:
+    # 64x64 px -> 16x16 latent -> 4x4 tokens per latent frame.
     "demo": ModelConfig(
         dim=192, num_layers=4, num_heads=3, ffn_dim=512, freq_dim=64, text_dim=64, text_len=16,
-        in_dim=16, out_dim=16, memory=MemoryConfig(init_tokens_per_frame=16, retention_frames=24)),  # 64x64 px -> 4x4 tokens
+        in_dim=16, out_dim=16, patch_size=(1, 4, 4),
+        memory=MemoryConfig(init_tokens_per_frame=16, retention_frames=24)),
 }
 
 

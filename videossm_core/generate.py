@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import DEFAULT_FPS, SamplingConfig, StreamConfig, VAE_SPATIAL_STRIDE
+from .config import DEFAULT_FPS, SamplingConfig, StreamConfig
 from .model.transformer import CausalWanModel
 from .sampling import PromptSegment, StreamSampler
 from .schedule import PromptSchedule, chunks_for_duration
@@ -131,13 +131,14 @@ def generate_video(
     mp4 at ``video_path`` is written as the chunks come; ``state_path`` receives the state (with the
     decoder caches) every ``checkpoint_every`` chunks and when the run ends or stops.
     """
-    if width % VAE_SPATIAL_STRIDE or height % VAE_SPATIAL_STRIDE:
-        raise ValueError(f"width and height must be multiples of {VAE_SPATIAL_STRIDE}, got {width}x{height}")
+    stride = vae.spatial_stride  # Wan2.1: 8; the demo's reduced VAE: 4
+    if width % stride or height % stride:
+        raise ValueError(f"width and height must be multiples of {stride}, got {width}x{height}")
     patch = model.config.patch_size
-    latent_hw = (height // VAE_SPATIAL_STRIDE, width // VAE_SPATIAL_STRIDE)
+    latent_hw = (height // stride, width // stride)
     if latent_hw[0] % patch[1] or latent_hw[1] % patch[2]:
         raise ValueError(f"{width}x{height} does not fit the model's {patch[1]}x{patch[2]} patches; "
-                         f"use multiples of {VAE_SPATIAL_STRIDE * patch[1]}")
+                         f"use multiples of {stride * patch[1]}")
     if state is None:
         state = new_stream(model, seed, stream, sampling)
     elif copy_state:

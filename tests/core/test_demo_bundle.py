@@ -48,7 +48,7 @@ def test_demo_generates_a_red_circle_when_asked_for_one():
     decoder = bundle.vae.stream_decoder()
     colours = Counter()
     for out in StreamSampler(bundle.model).stream_chunks_inplace(
-            state, [PromptSegment(0, prompt, cond, uncond)], 4, (h // 8, w // 8)):
+            state, [PromptSegment(0, prompt, cond, uncond)], 4, (h // bundle.vae.spatial_stride, w // bundle.vae.spatial_stride)):
         frames = decoder.decode_chunk(out.latents.to(bundle.vae.dtype))  # [1, 3, T, H, W] in [-1, 1]
         pixels = ((frames[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
         assert pixels.shape[1:] == (h, w, 3)

@@ -258,3 +258,33 @@ def test_export_writes_a_loadable_demo_bundle(tmp_path):
         assert torch.allclose(bundle.model.state_dict()[key], value, atol=2e-3, rtol=1e-3)
     state = StreamState.new(bundle.model.config, bundle.stream_config, bundle.sampling_config)
     assert state.memory_active
+
+
+def test_teacher_object_weighting_masks_the_object_at_latent_resolution():
+    """``--object-weight``: the latent mask covers exactly the latent pixels the object's video pixels fall
+    in (per latent frame: frame 0 alone, then groups of 4), and a uniform weight leaves the loss unchanged."""
+    from videossm_core.training.data import latent_object_masks, world_batch
+    from videossm_core.training.teacher import flow_matching_loss
+
+    latent_frames, stride = 3, 4
+    masks = latent_object_masks(2, latent_frames, 32, 32, seed=7, dilate=0, spatial_stride=stride)
+    assert masks.shape == (2, 1, latent_frames, 32 // stride, 32 // stride) and masks.dtype == torch.uint8
+    _, _, video = world_batch(7, 0, [1], 1 + 4 * (latent_frames - 1), 32, 32, with_masks=True)  # clip 1
+    video = video[0, 0] > 0  # [T, H, W]
+    for f, frames in enumerate([video[:1], *video[1:].split(4)]):
+        cells = frames.any(0).unflatten(0, (-1, stride)).unflatten(2, (-1, stride)).any(3).any(1)
+        assert torch.equal(masks[1, 0, f].bool(), cells)
+    assert 0 < masks.float().mean() < 0.5  # the object is small: weighting it changes the balance
+    grown = latent_object_masks(2, latent_frames, 32, 32, seed=7, dilate=1, spatial_stride=stride)
+    assert (grown >= masks).all() and grown.sum() > masks.sum()
+
+    x0, noise = torch.randn(2, 4, latent_frames, 8, 8), torch.randn(2, 4, latent_frames, 8, 8)
+    sigma = torch.tensor([0.3, 0.8])
+
+    def forward(x_t, timestep, context):
+        return x_t * 0.5
+
+    plain = flow_matching_loss(forward, x0, None, sigma, noise)
+    assert torch.allclose(flow_matching_loss(forward, x0, None, sigma, noise, torch.full((1,), 3.0)), plain)
+    weighted = flow_matching_loss(forward, x0, None, sigma, noise, 1.0 + 4.0 * masks.float())
+    assert not torch.allclose(weighted, plain)

@@ -199,6 +199,26 @@ def test_streaming_encoder_equals_whole_encode(vae):
         encoder.encode_chunk(frames[:, :, :3])
 
 
+def test_demo_vae_stride_4_streams_like_whole():
+    """The demo VAE (two stages: spatial stride 4, both stages temporal) streams exactly like one-shot."""
+    from videossm_core.training.vae_training import demo_vae_config
+
+    vae = build_vae(demo_vae_config(), seed=2)
+    assert vae.spatial_stride == 4
+    frames = torch.rand(1, 3, 17, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    whole = vae.encode(frames)
+    assert whole.shape == (1, 16, 5, 4, 4)
+    encoder = vae.stream_encoder()
+    parts = [encoder.encode_chunk(frames[:, :, :9]), encoder.encode_chunk(frames[:, :, 9:])]
+    assert torch.equal(torch.cat(parts, dim=2), whole)
+    decoder = vae.stream_decoder()
+    streamed = torch.cat([decoder.decode_chunk(whole[:, :, :3]), decoder.decode_chunk(whole[:, :, 3:])], dim=2)
+    assert streamed.shape == frames.shape
+    assert torch.equal(streamed, vae.decode(whole))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        vae.encode(frames[..., :14])
+
+
 def test_input_validation(vae):
     with pytest.raises(ValueError, match="1 \\+ 4k"):
         vae.encode(torch.zeros(1, 3, 4, 16, 16))

@@ -108,7 +108,8 @@ def make_demo_bundle(folder: Path, seed: int = 0) -> Path:
     from videossm_core.demo import bundle
     from videossm_core.model.transformer import CausalWanModel
     from videossm_core.text import DemoTextEncoder
-    from videossm_core.vae import build_vae, save_vae, small_vae_config
+    from videossm_core.training.vae_training import demo_vae_config
+    from videossm_core.vae import build_vae, save_vae
 
     folder.mkdir(parents=True, exist_ok=True)
     config = get_preset("demo")
@@ -123,6 +124,6 @@ def make_demo_bundle(folder: Path, seed: int = 0) -> Path:
                 bundle.META_DEMO: json.dumps({"fps": 16, "resolution": [64, 64]}), "format": "pt"}
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
               str(folder / bundle.GENERATOR_FILE), metadata=metadata)
-    save_vae(build_vae(small_vae_config(), seed=seed), folder / bundle.VAE_FILE)
+    save_vae(build_vae(demo_vae_config(), seed=seed), folder / bundle.VAE_FILE)
     DemoTextEncoder(text_len=config.text_len, text_dim=config.text_dim).save(folder / bundle.TEXT_ENCODER_FILE)
     return folder

@@ -108,6 +108,7 @@ class LatentDataset:
     fps: int = 16
     height: int = 64
     width: int = 64
+    masks: Tensor | None = None  # [N, 1, F_total, h, w] uint8: latent pixels the object touches (optional)
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -148,7 +149,7 @@ class LatentDataset:
         if num_frames > self.frames_per_clip:
             raise ValueError(f"windows of {num_frames} frames do not fit clips of {self.frames_per_clip}")
         offsets = list(range(offset_align, self.frames_per_clip - num_frames + 1, offset_align))
-        out, prompts = [], []
+        out, prompts, masks = [], [], []
         for i in indices:
             rng = np.random.default_rng(sample_seed(seed, step, i, "latent-batch"))
             clip = int(rng.integers(len(self)))
@@ -157,7 +158,30 @@ class LatentDataset:
                 start = int(rng.choice(offsets))
             out.append(self.latents[clip, :, start:start + num_frames].float())
             prompts.append(self.prompts[clip])
+            if self.masks is not None:
+                masks.append(self.masks[clip, :, start:start + num_frames].float())
+        self.last_masks = torch.stack(masks) if masks else None  # [b, 1, F, h, w] for the same windows
         return torch.stack(out), prompts
+
+
+def latent_object_masks(num_clips: int, latent_frames: int, height: int, width: int, seed: int,
+                        dilate: int = 1, spatial_stride: int = 8) -> Tensor:
+    """Where the object is, at latent resolution, for the clips ``encode_world_dataset`` encodes with the
+    same arguments (they are re-rendered: rendering is cheap, encoding is not). ``[N, 1, F, H/s, W/s]``
+    uint8; a latent frame covers its video frames (frame 0 alone, then 4 each); dilated by ``dilate``."""
+    num_video = 1 + 4 * (latent_frames - 1)
+    out = []
+    for i in range(num_clips):
+        _, _, mask = world_batch(seed, 0, [i], num_video, height, width, with_masks=True)  # [1, 1, T, H, W]
+        first = mask[:, :, :1]
+        rest = mask[:, :, 1:].unflatten(2, (latent_frames - 1, 4)).amax(3)
+        m = torch.cat([first, rest], 2)  # [1, 1, F, H, W]
+        m = torch.nn.functional.max_pool3d(m, kernel_size=(1, spatial_stride, spatial_stride))
+        if dilate:
+            k = 2 * dilate + 1
+            m = torch.nn.functional.max_pool3d(m, kernel_size=(1, k, k), stride=1, padding=(0, dilate, dilate))
+        out.append(m.byte())
+    return torch.cat(out)
 
 
 @torch.no_grad()

@@ -89,10 +89,10 @@ def evaluate_switching(model, vae, encode, prompts: Sequence[tuple[str, str]], c
     """For each ``(first, second)`` prompt pair: a stream of ``2 * chunks_per_prompt`` chunks that switches
     at the middle. Reports per-chunk accuracy (all chunks, and excluding the 2 chunks after the
     switch) and the switch latency in chunks (None when it never matched)."""
-    rows, latencies = [], []
+    rows, latencies, colour_latencies = [], [], []
     for pair_index, (first, second) in enumerate(prompts):
         switch_chunk = chunks_per_prompt
-        latency = None
+        latency = colour_latency = None
         for chunk, prompt, frames in stream_decoded_chunks(
                 model, vae, encode, [(0, first), (switch_chunk, second)], 2 * chunks_per_prompt, latent_hw,
                 stream, sampling, seed + pair_index):
@@ -103,7 +103,10 @@ def evaluate_switching(model, vae, encode, prompts: Sequence[tuple[str, str]], c
                          "measured": m})
             if since >= 0 and latency is None and ok["colour"] and ok["shape"]:
                 latency = since
+            if since >= 0 and colour_latency is None and ok["colour"]:
+                colour_latency = since
         latencies.append(latency)
+        colour_latencies.append(colour_latency)
 
     def acc(key: str, selected: list[dict[str, Any]]) -> float:
         return sum(r[key] for r in selected) / max(1, len(selected))
@@ -118,6 +121,10 @@ def evaluate_switching(model, vae, encode, prompts: Sequence[tuple[str, str]], c
         "steady_colour_and_shape_accuracy": acc("both", steady_both),
         "switch_latency_chunks": latencies,
         "switch_within_2_chunks": sum(lat is not None and lat < 2 for lat in latencies) / max(1, len(latencies)),
+        "steady_colour_accuracy": acc("colour", steady),
+        "colour_switch_latency_chunks": colour_latencies,
+        "colour_switch_within_2_chunks": sum(lat is not None and lat < 2 for lat in colour_latencies)
+        / max(1, len(colour_latencies)),
         "failures": [{k: r[k] for k in ("pair", "chunk", "since_switch", "measured")}
                      for r in rows if not (r["colour"] and r["shape"])][:20],
     }
@@ -129,7 +136,7 @@ def evaluate_long_run(model, vae, encode, schedule: Sequence[tuple[int, str]], n
     """One long stream: per-minute dynamic degree, object presence and prompt accuracy."""
     frames_per_minute = 60 * fps
     minutes: list[dict[str, Any]] = []
-    current: dict[str, Any] = {"frames": 0, "dd_sum": 0.0, "chunks": 0, "found": 0.0, "ok": 0}
+    current: dict[str, Any] = {"frames": 0, "dd_sum": 0.0, "chunks": 0, "found": 0.0, "ok": 0, "colour_ok": 0}
     previous = None
     for chunk, prompt, frames in stream_decoded_chunks(model, vae, encode, schedule, num_chunks, latent_hw,
                                                        stream, sampling, seed):
@@ -147,19 +154,22 @@ def evaluate_long_run(model, vae, encode, schedule: Sequence[tuple[int, str]], n
         current["chunks"] += 1
         current["found"] += m["found"]
         current["ok"] += int(ok["colour"] and ok["shape"])
+        current["colour_ok"] += int(ok["colour"])
         if current["frames"] >= frames_per_minute:
             minutes.append(current)
-            current = {"frames": 0, "dd_sum": 0.0, "chunks": 0, "found": 0.0, "ok": 0}
+            current = {"frames": 0, "dd_sum": 0.0, "chunks": 0, "found": 0.0, "ok": 0, "colour_ok": 0}
     if current["chunks"]:
         minutes.append(current)
     per_minute = [{"dynamic_degree": m["dd_sum"] / max(1, m.get("dd_n", 1)),
                    "object_found": m["found"] / m["chunks"], "accuracy": m["ok"] / m["chunks"],
+                   "colour_accuracy": m["colour_ok"] / m["chunks"],
                    "seconds": m["frames"] / fps} for m in minutes]
     first = per_minute[0]["dynamic_degree"] if per_minute else 0.0
     ratios = [pm["dynamic_degree"] / first if first > 0 else float("nan") for pm in per_minute]
     return {"per_minute": per_minute, "dd_ratio_to_first_minute": ratios,
             "dd_within_50pct": all(0.5 <= r <= 1.5 for r in ratios if r == r),
-            "accuracy": sum(m["ok"] for m in minutes) / max(1, sum(m["chunks"] for m in minutes))}
+            "accuracy": sum(m["ok"] for m in minutes) / max(1, sum(m["chunks"] for m in minutes)),
+            "colour_accuracy": sum(m["colour_ok"] for m in minutes) / max(1, sum(m["chunks"] for m in minutes))}
 
 
 def _pairs(num: int, seed: int) -> list[tuple[str, str]]:
@@ -189,7 +199,7 @@ def evaluate_bundle(weights: str | Path | None = None, generator: str | Path | N
             return encoder.encode([prompt]).float()
 
     h, w = bundle.resolution
-    latent_hw = (h // 8, w // 8)
+    latent_hw = (h // bundle.vae.spatial_stride, w // bundle.vae.spatial_stride)
     chunk_seconds = bundle.stream_config.chunk_frames * 4 / bundle.fps
     chunks_per_prompt = max(3, int(round(seconds / 2 / chunk_seconds)))
     t0 = time.time()

@@ -273,6 +273,7 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
         pairs = torch.load(pairs_path, weights_only=True)
 
     history: dict[str, list[float]] = {"ode": [], "dmd": [], "critic": []}
+    last_generator: dict[str, float] = {}
     t0 = time.time()
     while step < total and (cfg.stop_after is None or step < cfg.stop_after):
         data_step = 0 if cfg.fixed_batch else step
@@ -315,6 +316,9 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
                 record["dmd_loss"] = mean_across_ranks(float(loss.detach()), env)
                 record.update(parts)
                 history["dmd"].append(record["dmd_loss"])
+                last_generator = {k: record[k] for k in ("dmd_loss", "dmd_gap", "dmd_sigma", "grad_norm")}
+            else:  # log lines fall on any step: carry the latest generator update's numbers
+                record.update({k: v for k, v in last_generator.items()})
             closs = critic_loss(x0, critic_fn, cond, dmd_cfg, cfg.seed, data_step, idx)
             closs.backward()
             optimizer_step(critic_opt, critic_params, env, cfg.grad_clip)

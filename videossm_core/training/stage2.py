@@ -131,6 +131,7 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
         log.truncate_after(step)
 
     history: dict[str, list[float]] = {"dmd": [], "critic": []}
+    last_generator: dict[str, float] = {}
     t0 = time.time()
     while step < cfg.steps and (cfg.stop_after is None or step < cfg.stop_after):
         data_step = 0 if cfg.fixed_batch else step
@@ -162,6 +163,9 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
             record["dmd_loss"] = mean_across_ranks(float(loss.detach()), env)
             record.update(parts)
             history["dmd"].append(record["dmd_loss"])
+            last_generator = {k: record[k] for k in ("dmd_loss", "dmd_gap", "dmd_sigma", "grad_norm")}
+        else:  # log lines fall on any step: carry the latest generator update's numbers
+            record.update(last_generator)
         closs = critic_loss(x0, critic_fn, cond, dmd_cfg, cfg.seed, data_step, idx)
         closs.backward()
         optimizer_step(critic_opt, critic_params, env, cfg.grad_clip)
