@@ -93,9 +93,9 @@ def main() -> None:
         rows.append({"chunk": chunk, "ok": ok["colour"] and ok["shape"], "colour": ok["colour"],
                      "shape": ok["shape"], "found": measure["found"], "since_switch": since})
 
-    latencies = []
-    for s in switch_chunks:
-        hit = next((r["chunk"] - s for r in rows[s:] if r["ok"]), None)
+    latencies = []  # per switch: chunks until the new prompt is first matched, before the next switch (else None)
+    for s, end in zip(switch_chunks, switch_chunks[1:] + [total]):
+        hit = next((r["chunk"] - s for r in rows[s:end] if r["ok"]), None)
         latencies.append(hit)
     fps = bundle.fps
     per_minute = []

@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.comfy_server import ComfyServer
+from tests.demo_weights import require_demo_weights
 
 TESTS_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def demo_weights() -> None:
+    """The shipped demo weights (see tests/demo_weights.py): fails, with what to do, when missing."""
+    require_demo_weights()
 
 
 @pytest.fixture(scope="session")
