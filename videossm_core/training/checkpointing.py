@@ -112,6 +112,25 @@ def load_checkpoint(path: str | os.PathLike, env: DistEnv) -> tuple[dict[str, An
         return _load_checkpoint(path, env)
 
 
+def resume_latest(workdir: str | os.PathLike, env: DistEnv, log: "LossLog", objects: dict[str, Any]
+                  ) -> tuple[int, dict[str, Any]]:
+    """Resume a run from its newest checkpoint, if any: ``(step, local)``, ``(0, {})`` for a fresh run.
+
+    ``objects`` maps the names a stage saved under to what has a ``load_state_dict`` (models, optimizers,
+    EMAs); each is loaded in place. The log is cut back to the checkpoint's step, so a resumed run's loss
+    curve continues without the lines written after it. ``local`` is this rank's own part (e.g. a carried
+    rollout)."""
+    ckpt = latest_checkpoint(workdir)
+    if ckpt is None:
+        return 0, {}
+    shared, local = load_checkpoint(ckpt, env)
+    for name, obj in objects.items():
+        obj.load_state_dict(shared[name])
+    step = int(shared["step"])
+    log.truncate_after(step)
+    return step, local
+
+
 def _load_checkpoint(path: Path, env: DistEnv) -> tuple[dict[str, Any], dict[str, Any]]:
     shared = torch.load(path / "train.pt", map_location="cpu", weights_only=True)
     if shared.get("world_size", 1) != env.world_size:

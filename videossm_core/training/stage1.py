@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..config import SamplingConfig, StreamConfig
 from ..model.transformer import CausalWanModel
-from .checkpointing import (LossLog, latest_checkpoint, load_checkpoint, load_generator, save_checkpoint,
+from .checkpointing import (LossLog, resume_latest, load_generator, save_checkpoint,
                             save_generator, META_CONFIG)
 from .common import config_dict, lr_at, make_adamw, maybe_compile, optimizer_step, set_lr
 from .data import FilePrompts, PromptSource, TextConditioner, WorldPrompts
@@ -244,17 +244,8 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
 
     ode_steps = cfg.ode_steps if cfg.ode_pairs > 0 else 0
     total = ode_steps + cfg.steps
-    step = 0
-    ckpt = latest_checkpoint(workdir)
-    if ckpt is not None:
-        shared, _ = load_checkpoint(ckpt, env)
-        student.load_state_dict(shared["student"])
-        critic.load_state_dict(shared["critic"])
-        ode_opt.load_state_dict(shared["ode_opt"])
-        gen_opt.load_state_dict(shared["gen_opt"])
-        critic_opt.load_state_dict(shared["critic_opt"])
-        step = shared["step"]
-        log.truncate_after(step)
+    step, _ = resume_latest(workdir, env, log, {"student": student, "critic": critic, "ode_opt": ode_opt,
+                                                 "gen_opt": gen_opt, "critic_opt": critic_opt})
 
     pairs = None
     if step < ode_steps:
@@ -318,7 +309,7 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
                 history["dmd"].append(record["dmd_loss"])
                 last_generator = {k: record[k] for k in ("dmd_loss", "dmd_gap", "dmd_sigma", "grad_norm")}
             else:  # log lines fall on any step: carry the latest generator update's numbers
-                record.update({k: v for k, v in last_generator.items()})
+                record.update(last_generator)
             closs = critic_loss(x0, critic_fn, cond, dmd_cfg, cfg.seed, data_step, idx)
             closs.backward()
             optimizer_step(critic_opt, critic_params, env, cfg.grad_clip)

@@ -29,7 +29,7 @@ import torch
 
 from ..model.transformer import CausalWanModel
 from ..state import StreamState
-from .checkpointing import LossLog, latest_checkpoint, load_checkpoint, save_checkpoint, save_generator
+from .checkpointing import LossLog, resume_latest, save_checkpoint, save_generator
 from .common import config_dict, lr_at, make_adamw, optimizer_step, set_lr, maybe_compile
 from .data import TextConditioner
 from .distributed import DistEnv, mean_across_ranks, resolve_device, step_generator
@@ -117,18 +117,9 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
     teacher_fn = maybe_compile(teacher, cfg.compile)
     critic_fn = maybe_compile(critic, cfg.compile)
 
-    step = 0
-    carried: CarriedRollout | None = None
-    ckpt = latest_checkpoint(workdir)
-    if ckpt is not None:
-        shared, local = load_checkpoint(ckpt, env)
-        student.load_state_dict(shared["student"])
-        critic.load_state_dict(shared["critic"])
-        gen_opt.load_state_dict(shared["gen_opt"])
-        critic_opt.load_state_dict(shared["critic_opt"])
-        carried = local.get("carried")
-        step = shared["step"]
-        log.truncate_after(step)
+    step, local = resume_latest(workdir, env, log, {"student": student, "critic": critic, "gen_opt": gen_opt,
+                                                     "critic_opt": critic_opt})
+    carried: CarriedRollout | None = local.get("carried")  # this rank's rollout, continued across windows
 
     history: dict[str, list[float]] = {"dmd": [], "critic": []}
     last_generator: dict[str, float] = {}

@@ -25,7 +25,7 @@ from torch import Tensor
 from ..config import ModelConfig, get_preset
 from ..model.transformer import CausalWanModel
 from ..text import DemoTextEncoder
-from .checkpointing import EMA, LossLog, latest_checkpoint, load_checkpoint, save_checkpoint, save_generator
+from .checkpointing import EMA, LossLog, resume_latest, save_checkpoint, save_generator
 from .common import config_dict, lr_at, make_adamw, maybe_compile, optimizer_step, set_lr
 from .data import LatentDataset, cached_world_dataset, latent_object_masks
 from .distributed import DistEnv, mean_across_ranks, per_sample_rand, per_sample_randn, resolve_device
@@ -167,17 +167,8 @@ def train_teacher(cfg: TeacherTrainConfig, env: DistEnv, dataset: LatentDataset 
     opt = make_adamw([{"params": params}, {"params": text_params, "lr_scale": cfg.text_lr_scale}], cfg.lr,
                      betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     ema_model, ema_text = EMA(model, cfg.ema), EMA(text_encoder, cfg.ema)
-    step = 0
-    ckpt = latest_checkpoint(workdir)
-    if ckpt is not None:
-        shared, _ = load_checkpoint(ckpt, env)
-        model.load_state_dict(shared["model"])
-        text_encoder.load_state_dict(shared["text_encoder"])
-        opt.load_state_dict(shared["optimizer"])
-        ema_model.load_state_dict(shared["ema_model"])
-        ema_text.load_state_dict(shared["ema_text"])
-        step = shared["step"]
-        log.truncate_after(step)
+    step, _ = resume_latest(workdir, env, log, {"model": model, "text_encoder": text_encoder, "optimizer": opt,
+                                                 "ema_model": ema_model, "ema_text": ema_text})
     forward = maybe_compile(model, cfg.compile)
     losses: list[float] = []
     t0 = time.time()

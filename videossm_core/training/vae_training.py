@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..demo import world
 from ..vae import WanVAE, build_vae, load_vae, save_vae, small_vae_config
-from .checkpointing import LossLog, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpointing import LossLog, resume_latest, save_checkpoint
 from .common import config_dict, lr_at, make_adamw, optimizer_step, set_lr
 from .data import tensor_to_frames, world_batch
 from .distributed import DistEnv, mean_across_ranks, per_sample_randn
@@ -204,14 +204,7 @@ def train_vae(cfg: VAETrainConfig, env: DistEnv, log: LossLog | None = None) -> 
     model.train().requires_grad_(True)
     params = list(model.parameters())
     opt = make_adamw([{"params": params}], cfg.lr, betas=tuple(cfg.betas))
-    step = 0
-    ckpt = latest_checkpoint(workdir)
-    if ckpt is not None:
-        shared, _ = load_checkpoint(ckpt, env)
-        model.load_state_dict(shared["model"])
-        opt.load_state_dict(shared["optimizer"])
-        step = shared["step"]
-        log.truncate_after(step)
+    step, _ = resume_latest(workdir, env, log, {"model": model, "optimizer": opt})
     losses = []
     t0 = time.time()
     total = cfg.image_steps + cfg.steps
@@ -297,14 +290,7 @@ def tune_decoder(cfg: DecoderTuneConfig, env: DistEnv, log: LossLog | None = Non
         p.requires_grad_(True)
     model.decoder.train()
     opt = make_adamw([{"params": params}], cfg.lr, betas=tuple(cfg.betas))
-    step = 0
-    ckpt = latest_checkpoint(workdir)
-    if ckpt is not None:
-        shared, _ = load_checkpoint(ckpt, env)
-        model.load_state_dict(shared["model"])
-        opt.load_state_dict(shared["optimizer"])
-        step = shared["step"]
-        log.truncate_after(step)
+    step, _ = resume_latest(workdir, env, log, {"model": model, "optimizer": opt})
     std = vae.latents_std.view(1, -1, 1, 1, 1)
     losses: list[float] = []
     t0 = time.time()
