@@ -1,6 +1,6 @@
 """Quality of the bundled demo model on the demo world, read back from the mp4 the main job writes.
 
-    python benchmarks/bench_demo_quality.py [--minutes 5] [--switch-every 20] [--out outputs/quality.mp4]
+    python benchmarks/bench_demo_quality.py [--minutes 5] [--switch-every 20] [--out outputs/quality.mp4] [--weights DIR]
 
 Runs the main job (``videossm_core.generate.generate_video``, the same path as the CLI) on a schedule
 that changes the prompt every ``--switch-every`` seconds, then reads the frames back from the mp4 and
@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs/quality.mp4")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--weights", help="a folder of demo files to measure instead of the bundled ones "
+                                          "(e.g. the output of `python -m videossm_core.training export`)")
     args = parser.parse_args()
 
     import torch
@@ -61,7 +63,7 @@ def main() -> None:
     from videossm_core.training.evaluate import chunk_measure, matches
     from videossm_core.video_io import read_video
 
-    bundle = load_demo_bundle()
+    bundle = load_demo_bundle(directory=args.weights)
     schedule = parse_schedule(build_schedule(args.minutes, args.switch_every, args.seed))
     seconds = args.minutes * 60
     stream = StreamConfig(**{**bundle.stream_config.to_dict(), "position_mode": "unbounded",
