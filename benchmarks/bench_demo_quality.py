@@ -43,6 +43,16 @@ def build_schedule(minutes: float, switch_every: float, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def shape_confusion(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """``{prompted shape: {drawn shape or "none": chunks}}`` over the measured chunks."""
+    table: dict[str, dict[str, int]] = {}
+    for r in rows:
+        drawn = table.setdefault(r["prompted_shape"], {})
+        key = r["drawn_shape"] or "none"
+        drawn[key] = drawn.get(key, 0) + 1
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=5.0)
@@ -57,6 +67,7 @@ def main() -> None:
     import torch
 
     from videossm_core.config import StreamConfig
+    from videossm_core.demo import world
     from videossm_core.demo.bundle import load_demo_bundle
     from videossm_core.generate import generate_video
     from videossm_core.schedule import chunk_start_frame, parse_schedule
@@ -93,7 +104,8 @@ def main() -> None:
         ok = matches(measure, prompt)
         since = min([chunk - s for s in switch_chunks if s <= chunk], default=None)
         rows.append({"chunk": chunk, "ok": ok["colour"] and ok["shape"], "colour": ok["colour"],
-                     "shape": ok["shape"], "found": measure["found"], "since_switch": since})
+                     "shape": ok["shape"], "found": measure["found"], "since_switch": since,
+                     "prompted_shape": world.parse_prompt(prompt).shape, "drawn_shape": measure["shape"]})
 
     latencies = []  # per switch: chunks until the new prompt is first matched, before the next switch (else None)
     for s, end in zip(switch_chunks, switch_chunks[1:] + [total]):
@@ -120,6 +132,9 @@ def main() -> None:
         "dynamic_degree_per_minute": [round(d, 5) for d in per_minute],
         "dynamic_degree_ratio_to_first_minute": [round(r, 3) for r in dd_ratio],
         "dynamic_degree_within_50pct": all(0.5 <= r <= 1.5 for r in dd_ratio),
+        # Where the shape misses come from: per prompted shape, how many chunks drew each shape (None: no
+        # shape could be read). The schedule is random, so the prompted shapes are not equally frequent.
+        "drawn_shape_by_prompted_shape": shape_confusion(rows),
     }
     print(json.dumps(figures, indent=2))
     print(f"\nprompt following: {figures['colour_and_shape_accuracy']:.1%} of chunks (target >= 90 %)")
