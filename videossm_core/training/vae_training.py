@@ -226,7 +226,7 @@ def train_vae(cfg: VAETrainConfig, env: DistEnv, log: LossLog | None = None) -> 
         loss.backward()
         gnorm = optimizer_step(opt, params, env, cfg.grad_clip)
         step += 1
-        value = mean_across_ranks(float(loss), env)
+        value = mean_across_ranks(float(loss.detach()), env)
         losses.append(value)
         if step % cfg.log_every == 0 or step == total:
             log.log({"stage": "vae", "step": step, "phase": "image" if step <= cfg.image_steps else "video", "loss": value, **parts, "grad_norm": gnorm,
