@@ -132,7 +132,7 @@ def main() -> None:
         "dynamic_degree_per_minute": [round(d, 5) for d in per_minute],
         "dynamic_degree_ratio_to_first_minute": [round(r, 3) for r in dd_ratio],
         "dynamic_degree_within_50pct": all(0.5 <= r <= 1.5 for r in dd_ratio),
-        # Where the shape misses come from: per prompted shape, how many chunks drew each shape (None: no
+        # Where the shape misses come from: per prompted shape, how many chunks drew each shape ("none": no
         # shape could be read). The schedule is random, so the prompted shapes are not equally frequent.
         "drawn_shape_by_prompted_shape": shape_confusion(rows),
     }
