@@ -288,3 +288,30 @@ def test_teacher_object_weighting_masks_the_object_at_latent_resolution():
     assert torch.allclose(flow_matching_loss(forward, x0, None, sigma, noise, torch.full((1,), 3.0)), plain)
     weighted = flow_matching_loss(forward, x0, None, sigma, noise, 1.0 + 4.0 * masks.float())
     assert not torch.allclose(weighted, plain)
+
+
+def test_teacher_shift_reaches_the_config_and_sets_the_training_noise_levels(tmp_path, monkeypatch):
+    """``teacher --shift``: the option reaches the config, and the teacher draws its per-clip noise levels
+    as ``shifted_sigma(u, shift)`` of the same uniform draws (a lower shift trains at lower noise)."""
+    from videossm_core.training import teacher as teacher_module
+    from videossm_core.training.cli import build_parser, teacher_config
+
+    base = ["teacher", "--workdir", str(tmp_path), "--vae", "unused"]
+    assert teacher_config(build_parser().parse_args(base)).shift == 5.0  # Wan's shift by default
+    assert teacher_config(build_parser().parse_args(base + ["--shift", "1.5"])).shift == 1.5
+
+    seen: dict[float, torch.Tensor] = {}
+    real_loss = teacher_module.flow_matching_loss
+
+    def spy(forward, x0, context, sigma, noise, weight=None):
+        seen.setdefault(shift, sigma.clone())
+        return real_loss(forward, x0, context, sigma, noise, weight)
+
+    monkeypatch.setattr(teacher_module, "flow_matching_loss", spy)
+    for shift in (1.0, 5.0):
+        cfg = TeacherTrainConfig(workdir=str(tmp_path / str(shift)), steps=1, batch_size=4, lr=1e-3, warmup=0,
+                                 latent_frames=9, shift=shift, checkpoint_every=0, log_every=1, eval_clips=0)
+        train_teacher(cfg, DistEnv(), dataset=_dataset(), model_config=TINY, log=_quiet_log(tmp_path / str(shift)))
+    u = seen[1.0]  # shift 1 leaves the uniform draws as they are
+    assert torch.allclose(seen[5.0], teacher_module.shifted_sigma(u, 5.0))
+    assert (seen[5.0] > u).all()

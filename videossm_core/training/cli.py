@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-latent-frames", type=int, default=27, help="latent frames per cached clip")
     p.add_argument("--latent-frames", type=int, default=21)
     p.add_argument("--prompt-dropout", type=float, default=0.1)
+    p.add_argument("--shift", type=float, default=5.0,
+                   help="timestep shift of the training noise levels (Wan: 5; lower trains more at mid/low noise)")
     p.add_argument("--object-weight", type=float, default=0.0,
                    help="demo: extra flow-loss weight on the latent pixels the object touches")
     p.add_argument("--object-dilate", type=int, default=0, help="grow the weighted region by this many latent pixels")
@@ -256,20 +258,26 @@ def cmd_vae_decoder(args) -> int:
     return 0
 
 
+def teacher_config(args):
+    """The parsed ``teacher`` arguments as a ``TeacherTrainConfig``."""
+    from .teacher import TeacherTrainConfig
+
+    return TeacherTrainConfig(workdir=args.workdir, vae=args.vae, preset=args.preset, steps=args.steps,
+                              batch_size=args.batch_size, lr=args.lr, seed=args.seed, clips=args.clips,
+                              clip_latent_frames=args.clip_latent_frames, latent_frames=args.latent_frames,
+                              prompt_dropout=args.prompt_dropout, shift=args.shift, ema=args.ema,
+                              compile=args.compile, object_weight=args.object_weight,
+                              object_dilate=args.object_dilate, checkpoint_every=args.checkpoint_every,
+                              log_every=args.log_every, fixed_batch=args.fixed_batch, init=args.init,
+                              stop_after=args.stop_after, device=args.device)
+
+
 def cmd_teacher(args) -> int:
-    from .teacher import TeacherTrainConfig, train_teacher
+    from .teacher import train_teacher
 
     env = _env()
-    cfg = TeacherTrainConfig(workdir=args.workdir, vae=args.vae, preset=args.preset, steps=args.steps,
-                             batch_size=args.batch_size, lr=args.lr, seed=args.seed, clips=args.clips,
-                             clip_latent_frames=args.clip_latent_frames, latent_frames=args.latent_frames,
-                             prompt_dropout=args.prompt_dropout, ema=args.ema, compile=args.compile,
-                             object_weight=args.object_weight, object_dilate=args.object_dilate,
-                             checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                             fixed_batch=args.fixed_batch, init=args.init, stop_after=args.stop_after,
-                             device=args.device)
     t0 = time.time()
-    summary = train_teacher(cfg, env)
+    summary = train_teacher(teacher_config(args), env)
     _finish(args.workdir, env, "teacher", t0, summary)
     return 0
 
