@@ -43,16 +43,6 @@ def build_schedule(minutes: float, switch_every: float, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def shape_confusion(rows: list[dict]) -> dict[str, dict[str, int]]:
-    """``{prompted shape: {drawn shape or "none": chunks}}`` over the measured chunks."""
-    table: dict[str, dict[str, int]] = {}
-    for r in rows:
-        drawn = table.setdefault(r["prompted_shape"], {})
-        key = r["drawn_shape"] or "none"
-        drawn[key] = drawn.get(key, 0) + 1
-    return table
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=5.0)
@@ -71,7 +61,7 @@ def main() -> None:
     from videossm_core.demo.bundle import load_demo_bundle
     from videossm_core.generate import generate_video
     from videossm_core.schedule import chunk_start_frame, parse_schedule
-    from videossm_core.training.evaluate import chunk_measure, matches
+    from videossm_core.training.evaluate import chunk_measure, matches, shape_confusion
     from videossm_core.video_io import read_video
 
     bundle = load_demo_bundle(directory=args.weights)
@@ -134,7 +124,7 @@ def main() -> None:
         "dynamic_degree_within_50pct": all(0.5 <= r <= 1.5 for r in dd_ratio),
         # Where the shape misses come from: per prompted shape, how many chunks drew each shape ("none": no
         # shape could be read). The schedule is random, so the prompted shapes are not equally frequent.
-        "drawn_shape_by_prompted_shape": shape_confusion(rows),
+        "drawn_shape_by_prompted_shape": shape_confusion((r["prompted_shape"], r["drawn_shape"]) for r in rows),
     }
     print(json.dumps(figures, indent=2))
     print(f"\nprompt following: {figures['colour_and_shape_accuracy']:.1%} of chunks (target >= 90 %)")

@@ -315,3 +315,29 @@ def test_teacher_shift_reaches_the_config_and_sets_the_training_noise_levels(tmp
     u = seen[1.0]  # shift 1 leaves the uniform draws as they are
     assert torch.allclose(seen[5.0], teacher_module.shifted_sigma(u, 5.0))
     assert (seen[5.0] > u).all()
+
+
+def test_evaluate_teacher_command_reports_which_shape_the_teacher_draws_for_each_prompt(tmp_path):
+    """``evaluate-teacher``: samples a finished teacher run, decodes, and reports the accuracies and the
+    prompted-vs-drawn shape table over the same clips (one entry per clip, the diagonal is the accuracy)."""
+    import json
+    from collections import Counter
+
+    from videossm_core.demo import world
+    from videossm_core.training.cli import main
+    from videossm_core.vae import build_vae, save_vae
+
+    cfg = TeacherTrainConfig(workdir=str(tmp_path / "teacher"), steps=2, batch_size=2, lr=1e-3, warmup=0,
+                             latent_frames=9, checkpoint_every=0, log_every=1, eval_clips=0)
+    train_teacher(cfg, DistEnv(), dataset=_dataset(), model_config=TINY, log=_quiet_log(tmp_path))
+    save_vae(build_vae(small_vae_config(base_dim=8, z_dim=TINY.in_dim, dim_mult=[1, 1, 1, 1])),
+             tmp_path / "vae.safetensors")
+    out = tmp_path / "teacher_eval.json"
+    assert main(["evaluate-teacher", "--teacher", str(tmp_path / "teacher"), "--vae", str(tmp_path / "vae.safetensors"),
+                 "--clips", "5", "--frames", "3", "--steps", "2", "--seed", "3", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    table = results["drawn_shape_by_prompted_shape"]
+    prompted = Counter(world.parse_prompt(WorldPrompts().prompt(3, 0, i)).shape for i in range(5))
+    assert {shape: sum(row.values()) for shape, row in table.items()} == dict(prompted)
+    assert results["shape_accuracy"] == pytest.approx(sum(row.get(s, 0) for s, row in table.items()) / 5)
+    assert set(results) == {"colour_accuracy", "shape_accuracy", "background_accuracy", "drawn_shape_by_prompted_shape"}

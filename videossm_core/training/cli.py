@@ -9,6 +9,7 @@ Subcommands (each resumes from its own latest checkpoint in ``--workdir`` when o
     stage2     long self-rollout DMD with the window and global memory live, prompt switches
     export     write the shipped demo files (generator / vae / text encoder) from finished runs
     evaluate   generate, decode and measure prompt following, switches and long-run stability
+    evaluate-teacher  sample clips from a trained teacher, decode and measure them (which shapes it draws)
     demo       everything above, in order, into one run folder
 
 Run data-parallel with ``torchrun --nproc_per_node N -m videossm_core.training <subcommand> ...``.
@@ -160,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("evaluate-teacher", help="sample clips from a teacher, decode and measure colour/shape/background")
+    p.add_argument("--teacher", required=True, help="teacher run folder or teacher.safetensors")
+    p.add_argument("--text-encoder", default=None, help="default: the teacher run's text_encoder.safetensors")
+    p.add_argument("--vae", required=True, help="the VAE run folder or file the teacher was trained with")
+    p.add_argument("--clips", type=int, default=40)
+    p.add_argument("--frames", type=int, default=21, help="latent frames per clip")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=16, help="Euler steps of the flow ODE")
+    p.add_argument("--seed", type=int, default=1000, help="picks the prompts and the noise")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.set_defaults(func=cmd_evaluate_teacher)
     p = sub.add_parser("demo", help="the whole demo recipe: vae, teacher, stage1, stage2, export, evaluate")
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", default=None, help="where the demo files go (default: videossm_core/demo/weights)")
@@ -337,6 +349,32 @@ def cmd_evaluate(args) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
+    return 0
+
+
+def cmd_evaluate_teacher(args) -> int:
+    from ..demo.bundle import read_generator_metadata
+    from ..text import DemoTextEncoder
+    from .checkpointing import load_generator
+    from .evaluate import evaluate_teacher
+    from .vae_training import load_trained_vae
+
+    teacher = Path(args.teacher)
+    model_file = teacher / "teacher.safetensors" if teacher.is_dir() else teacher
+    text_file = Path(args.text_encoder) if args.text_encoder else model_file.with_name("text_encoder.safetensors")
+    for path in (model_file, text_file):
+        if not path.is_file():
+            raise SystemExit(f"{path} does not exist: pass a finished teacher run (or --text-encoder)")
+    model = load_generator(model_file)
+    vae = load_trained_vae(args.vae)
+    h, w = (int(n) for n in read_generator_metadata(model_file).get("latent_size", "16,16").split(","))
+    results = evaluate_teacher(model, DemoTextEncoder.load(text_file).eval(), vae, args.clips,
+                               (model.config.in_dim, args.frames, h, w), seed=args.seed, guidance=args.guidance,
+                               steps=args.steps)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
     return 0
 
 

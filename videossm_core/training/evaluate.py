@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,10 +45,24 @@ def matches(measure: dict[str, Any], prompt: str) -> dict[str, bool]:
             "background": measure["background"] == spec.background}
 
 
+def shape_confusion(pairs: Iterable[tuple[str, str | None]]) -> dict[str, dict[str, int]]:
+    """``(prompted shape, drawn shape or None)`` pairs -> ``{prompted: {drawn or "none": count}}``: shows
+    *which* wrong shape a model draws (e.g. every shape as a round blob), which an accuracy hides."""
+    table: dict[str, dict[str, int]] = {}
+    for prompted, drawn in pairs:
+        row = table.setdefault(prompted, {})
+        key = drawn or "none"
+        row[key] = row.get(key, 0) + 1
+    return table
+
+
 @torch.no_grad()
 def evaluate_teacher(model, text_encoder, vae, num_clips: int, latent_shape: tuple[int, int, int, int],
-                     seed: int = 0, guidance: float = 3.0, steps: int = 16, shift: float = 5.0) -> dict[str, float]:
-    """Sample ``num_clips`` clips from the bidirectional teacher (Euler ODE with CFG), decode, measure."""
+                     seed: int = 0, guidance: float = 3.0, steps: int = 16, shift: float = 5.0) -> dict[str, Any]:
+    """Sample ``num_clips`` clips from the bidirectional teacher (Euler ODE with CFG), decode, measure.
+
+    Returns the colour / shape / background accuracies over the clips (majority over each clip's frames)
+    and ``drawn_shape_by_prompted_shape``."""
     from .data import WorldPrompts
     from .teacher import ode_sigmas, sample_ode
 
@@ -59,11 +73,13 @@ def evaluate_teacher(model, text_encoder, vae, num_clips: int, latent_shape: tup
     noise = torch.randn((num_clips, *latent_shape), generator=gen)
     x0, _ = sample_ode(model, noise, cond, uncond, guidance, ode_sigmas(steps, shift))
     frames = tensor_to_frames(vae.decode(x0.to(vae.dtype)).float())
-    hits = Counter()
+    hits, drawn = Counter(), []
     for clip, prompt in zip(frames, prompts):
-        m = matches(chunk_measure(clip, stride=4), prompt)
-        hits.update({k: int(v) for k, v in m.items()})
-    return {f"{k}_accuracy": hits[k] / num_clips for k in ("colour", "shape", "background")}
+        measure = chunk_measure(clip, stride=4)
+        hits.update({k: int(v) for k, v in matches(measure, prompt).items()})
+        drawn.append((world.parse_prompt(prompt).shape, measure["shape"]))
+    return {**{f"{k}_accuracy": hits[k] / num_clips for k in ("colour", "shape", "background")},
+            "drawn_shape_by_prompted_shape": shape_confusion(drawn)}
 
 
 def stream_decoded_chunks(model, vae, encode, segments: Sequence[tuple[int, str]], num_chunks: int,
