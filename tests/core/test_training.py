@@ -319,7 +319,8 @@ def test_teacher_shift_reaches_the_config_and_sets_the_training_noise_levels(tmp
 
 def test_evaluate_teacher_command_reports_which_shape_the_teacher_draws_for_each_prompt(tmp_path):
     """``evaluate-teacher``: samples a finished teacher run, decodes, and reports the accuracies and the
-    prompted-vs-drawn shape table over the same clips (one entry per clip, the diagonal is the accuracy)."""
+    prompted-vs-drawn shape table over the same clips (one entry per clip, the diagonal is the accuracy),
+    plus the word-swap probe on the run's cached latents."""
     import json
     from collections import Counter
 
@@ -330,6 +331,7 @@ def test_evaluate_teacher_command_reports_which_shape_the_teacher_draws_for_each
     cfg = TeacherTrainConfig(workdir=str(tmp_path / "teacher"), steps=2, batch_size=2, lr=1e-3, warmup=0,
                              latent_frames=9, checkpoint_every=0, log_every=1, eval_clips=0)
     train_teacher(cfg, DistEnv(), dataset=_dataset(), model_config=TINY, log=_quiet_log(tmp_path))
+    _dataset().save(tmp_path / "teacher" / "latents.safetensors")  # where a real run keeps its latent cache
     save_vae(build_vae(small_vae_config(base_dim=8, z_dim=TINY.in_dim, dim_mult=[1, 1, 1, 1])),
              tmp_path / "vae.safetensors")
     out = tmp_path / "teacher_eval.json"
@@ -340,4 +342,31 @@ def test_evaluate_teacher_command_reports_which_shape_the_teacher_draws_for_each
     prompted = Counter(world.parse_prompt(WorldPrompts().prompt(3, 0, i)).shape for i in range(5))
     assert {shape: sum(row.values()) for shape, row in table.items()} == dict(prompted)
     assert results["shape_accuracy"] == pytest.approx(sum(row.get(s, 0) for s, row in table.items()) / 5)
-    assert set(results) == {"colour_accuracy", "shape_accuracy", "background_accuracy", "drawn_shape_by_prompted_shape"}
+    assert set(results) == {"colour_accuracy", "shape_accuracy", "background_accuracy", "drawn_shape_by_prompted_shape",
+                            "loss_rise_when_word_swapped"}
+    assert set(results["loss_rise_when_word_swapped"]) == {"colour", "shape", "motion", "background", "whole prompt"}
+
+
+def test_word_swap_sensitivity_swaps_one_kind_of_word_at_a_time():
+    """The probe behind ``evaluate-teacher``'s ``loss_rise_when_word_swapped``: a teacher that reads only the
+    colour word loses accuracy when colours are swapped and exactly none when any other word is."""
+    from videossm_core.demo import world
+    from videossm_core.training.evaluate import word_swap_sensitivity
+
+    colours = list(world.COLOURS)
+    prompts = [WorldPrompts().prompt(0, 0, i) for i in range(6)]
+    latents = torch.randn(6, 2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+
+    def encode(texts):  # [B, 1, 1]: the colour's index (empty prompt: -1), nothing else of the prompt
+        return torch.tensor([[[float(colours.index(world.parse_prompt(t).colour)) if t else -1.0]] for t in texts])
+
+    def forward(x_t, timestep, context):  # knows x0 when the colour index is the clip's; the flow is then
+        truth = torch.tensor([colours.index(world.parse_prompt(p).colour) for p in prompts], dtype=torch.float32)
+        right = (context[:, 0, 0] == truth).float().view(-1, 1, 1, 1, 1)
+        sigma = (timestep[:, :1] / 1000.0).view(-1, 1, 1, 1, 1)
+        return (x_t - right * latents) / sigma + 0.1  # eps - x0 (+ 0.1: a small error even when right)
+
+    rise = word_swap_sensitivity(forward, encode, latents, prompts, sigma=0.5)
+    assert set(rise) == {"colour", "shape", "motion", "background", "whole prompt"}
+    assert rise["colour"] > 0.5 and rise["whole prompt"] > 0.5
+    assert rise["shape"] == rise["motion"] == rise["background"] == 0.0

@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--steps", type=int, default=16, help="Euler steps of the flow ODE")
     p.add_argument("--seed", type=int, default=1000, help="picks the prompts and the noise")
+    p.add_argument("--swap-clips", type=int, default=64,
+                   help="cached clips for the word-swap probe (from the run's latents.safetensors; 0 skips)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(func=cmd_evaluate_teacher)
     p = sub.add_parser("demo", help="the whole demo recipe: vae, teacher, stage1, stage2, export, evaluate")
@@ -356,7 +358,8 @@ def cmd_evaluate_teacher(args) -> int:
     from ..demo.bundle import read_generator_metadata
     from ..text import DemoTextEncoder
     from .checkpointing import load_generator
-    from .evaluate import evaluate_teacher
+    from .data import LatentDataset
+    from .evaluate import evaluate_teacher, word_swap_sensitivity
     from .vae_training import load_trained_vae
 
     teacher = Path(args.teacher)
@@ -366,11 +369,18 @@ def cmd_evaluate_teacher(args) -> int:
         if not path.is_file():
             raise SystemExit(f"{path} does not exist: pass a finished teacher run (or --text-encoder)")
     model = load_generator(model_file)
+    text_encoder = DemoTextEncoder.load(text_file).eval()
     vae = load_trained_vae(args.vae)
     h, w = (int(n) for n in read_generator_metadata(model_file).get("latent_size", "16,16").split(","))
-    results = evaluate_teacher(model, DemoTextEncoder.load(text_file).eval(), vae, args.clips,
-                               (model.config.in_dim, args.frames, h, w), seed=args.seed, guidance=args.guidance,
-                               steps=args.steps)
+    results = evaluate_teacher(model, text_encoder, vae, args.clips, (model.config.in_dim, args.frames, h, w),
+                               seed=args.seed, guidance=args.guidance, steps=args.steps)
+    cache = model_file.with_name("latents.safetensors")
+    if args.swap_clips and cache.is_file():  # the clips the teacher trained on: does it use each word?
+        data = LatentDataset.load(cache)
+        n = min(args.swap_clips, len(data))
+        results["loss_rise_when_word_swapped"] = word_swap_sensitivity(
+            model, lambda texts: text_encoder.encode(texts).float(), data.latents[:n, :, :args.frames].float(),
+            data.prompts[:n], seed=args.seed)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:
