@@ -370,3 +370,17 @@ def test_word_swap_sensitivity_swaps_one_kind_of_word_at_a_time():
     assert set(rise) == {"colour", "shape", "motion", "background", "whole prompt"}
     assert rise["colour"] > 0.5 and rise["whole prompt"] > 0.5
     assert rise["shape"] == rise["motion"] == rise["background"] == 0.0
+
+
+def test_evaluate_vae_reports_which_shape_each_original_shape_comes_back_as():
+    """``evaluate_vae``'s ``shape_by_original_shape``: one entry per measured frame, keyed by the shape read
+    from the original; its diagonal is the shape accuracy."""
+    from videossm_core.training.vae_training import evaluate_vae
+    from videossm_core.vae import build_vae
+
+    vae = build_vae(small_vae_config(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1]))
+    result = evaluate_vae(vae, num_clips=2, height=32, width=32, num_frames=9, frame_stride=2)
+    table = result["shape_by_original_shape"]
+    frames = sum(sum(row.values()) for row in table.values())
+    assert frames > 0 and set(table) <= {"circle", "square", "triangle", "diamond", "ring"}
+    assert result["shape_accuracy"] == pytest.approx(sum(row.get(s, 0) for s, row in table.items()) / frames)

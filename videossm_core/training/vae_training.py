@@ -153,13 +153,17 @@ def measure_latent_stats(vae: WanVAE, num_clips: int, height: int, width: int, s
 
 @torch.no_grad()
 def evaluate_vae(vae: WanVAE, num_clips: int = 16, height: int = 64, width: int = 64, seed: int = 12345,
-                 num_frames: int = 81, frame_stride: int = 4) -> dict[str, float]:
+                 num_frames: int = 81, frame_stride: int = 4) -> dict[str, Any]:
     """Reconstruct world clips and compare what ``measure_frame`` reads from originals and reconstructions.
 
     Returns colour/shape agreement (over frames where the original has an object; shape only over
-    unclipped ones) and the PSNR in dB.
+    unclipped ones), the PSNR in dB, and ``shape_by_original_shape``: for each shape read from the
+    originals, the shapes read from their reconstructions (frame counts).
     """
+    from .evaluate import shape_confusion
+
     colour_ok = colour_n = shape_ok = shape_n = 0
+    shape_pairs = []
     se, count = 0.0, 0
     for start in range(0, num_clips, 4):
         frames, _ = world_batch(seed, 0, range(start, min(num_clips, start + 4)), num_frames, height, width)
@@ -177,9 +181,11 @@ def evaluate_vae(vae: WanVAE, num_clips: int = 16, height: int = 64, width: int 
                 if mo.shape is not None and not mo.clipped:
                     shape_n += 1
                     shape_ok += int(mo.shape == mr.shape)
+                    shape_pairs.append((mo.shape, mr.shape))
     mse = se / max(count, 1) / 4.0  # [-1, 1] -> [0, 1] units
     return {"colour_accuracy": colour_ok / max(colour_n, 1), "shape_accuracy": shape_ok / max(shape_n, 1),
-            "psnr_db": float(10 * np.log10(1.0 / max(mse, 1e-12))), "frames_measured": colour_n}
+            "psnr_db": float(10 * np.log10(1.0 / max(mse, 1e-12))), "frames_measured": colour_n,
+            "shape_by_original_shape": shape_confusion(shape_pairs)}
 
 
 def train_vae(cfg: VAETrainConfig, env: DistEnv, log: LossLog | None = None) -> dict[str, Any]:
