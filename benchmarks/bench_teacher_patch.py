@@ -1,26 +1,25 @@
 """Does a finer patch let the demo teacher learn shapes? Short-clip teachers trained from scratch, one per patch.
 
     python benchmarks/bench_teacher_patch.py --latents runs/demo/teacher/latents.safetensors --vae runs/demo/vae2 \
-        [--patches 4 2] [--steps 4000] [--frames 3] [--clips 80]
+        [--presets demo demo-patch2] [--steps 4000] [--frames 3] [--clips 80]
 
 The shipped demo generator patchifies 4x4 latent pixels (16x16 video pixels through the stride-4 VAE), so
 the world's object (14-20 px across) falls inside one to four tokens and its shape has to be drawn inside
-the tokens by the output projection. This trains the same ``demo`` architecture with each ``--patches``
-size on the same cached latents (the demo teacher run's ``latents.safetensors``), on short windows of
-``--frames`` latent frames so that it fits a CPU, with the same steps, batch, LR and seeds, then samples
-``--clips`` clips from each (``evaluate_teacher``: 16 Euler steps, CFG 3) and measures them from pixels.
+the tokens by the output projection. This trains each ``--presets`` architecture (by default ``demo`` and
+``demo-patch2``, the same model with 2x2 patches) from scratch on the same cached latents (the demo
+teacher run's ``latents.safetensors``), on short windows of ``--frames`` latent frames so that it fits a
+CPU, with the same steps, batch, LR and seeds; then it samples ``--clips`` clips from each
+(``evaluate_teacher``: 16 Euler steps, CFG 3) and measures them from pixels.
 
-Prints, per patch size: the training wall time, the mean flow-matching loss over the last 10 % of steps,
+Prints, per preset: the training wall time, the mean flow-matching loss over the last 10 % of steps,
 the colour / shape / background accuracies, which shape was drawn for each prompted shape, and the
 word-swap probe (``word_swap_sensitivity``: how much the loss on 64 cached clips rises when the shape,
-colour, ... word is swapped); and the loss ratio of each patch size to the first one, all measured in
-this run.
+colour, ... word is swapped); and the loss ratio of each preset to the first one, all measured in this run.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -34,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latents", required=True, help="a teacher run's latents.safetensors (the latent cache)")
     parser.add_argument("--vae", required=True, help="the VAE those latents came from (run folder or file)")
-    parser.add_argument("--patches", type=int, nargs="+", default=[4, 2], help="spatial patch sizes to compare")
+    parser.add_argument("--presets", nargs="+", default=["demo", "demo-patch2"], help="model presets to compare")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--frames", type=int, default=3, help="latent frames per training window and sample")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -61,8 +60,9 @@ def main() -> None:
     vae = load_trained_vae(args.vae)
     channels, _, h, w = dataset.latents.shape[1:]
     results = []
-    for patch in args.patches:
-        config = dataclasses.replace(get_preset("demo"), patch_size=(1, patch, patch))
+    for preset in args.presets:
+        config = get_preset(preset)
+        patch_h, patch_w = config.patch_size[1:]
         with tempfile.TemporaryDirectory() as workdir:
             cfg = TeacherTrainConfig(workdir=workdir, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                      latent_frames=args.frames, checkpoint_every=0, log_every=max(1, args.steps // 20),
@@ -80,15 +80,15 @@ def main() -> None:
         measured["loss_rise_when_word_swapped"] = word_swap_sensitivity(
             model, lambda texts: text_encoder.encode(texts).float(),
             dataset.latents[:probe_clips, :, :args.frames].float(), dataset.prompts[:probe_clips], seed=args.seed)
-        results.append({"patch": patch, "tokens_per_frame": (h // patch) * (w // patch), "train_s": round(wall, 1),
+        results.append({"preset": preset, "patch": f"{patch_h}x{patch_w}", "tokens_per_frame": (h // patch_h) * (w // patch_w), "train_s": round(wall, 1),
                         "final_loss": sum(tail) / len(tail), **measured})
         print(json.dumps(results[-1]), flush=True)
     base = results[0]["final_loss"]
     for r in results:
         r["loss_ratio_to_first"] = r["final_loss"] / base
-    print("\npatch | tokens/frame | loss (ratio) | colour | shape | background | loss rise, shape word swapped")
+    print("\npreset | patch | tokens/frame | loss (ratio) | colour | shape | background | loss rise, shape word swapped")
     for r in results:
-        print(f"{r['patch']:5d} | {r['tokens_per_frame']:12d} | {r['final_loss']:.3f} ({r['loss_ratio_to_first']:.2f}) | "
+        print(f"{r['preset']} | {r['patch']} | {r['tokens_per_frame']:12d} | {r['final_loss']:.3f} ({r['loss_ratio_to_first']:.2f}) | "
               f"{r['colour_accuracy']:.1%} | {r['shape_accuracy']:.1%} | {r['background_accuracy']:.1%} | "
               f"{r['loss_rise_when_word_swapped']['shape']:.2%}")
     if args.json:

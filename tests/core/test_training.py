@@ -384,3 +384,20 @@ def test_evaluate_vae_reports_which_shape_each_original_shape_comes_back_as():
     frames = sum(sum(row.values()) for row in table.values())
     assert frames > 0 and set(table) <= {"circle", "square", "triangle", "diamond", "ring"}
     assert result["shape_accuracy"] == pytest.approx(sum(row.get(s, 0) for s, row in table.items()) / frames)
+
+
+def test_demo_patch2_preset_is_the_demo_model_with_four_times_the_tokens():
+    """``demo-patch2`` (what bench_teacher_patch.py compares with ``demo``): the same model but 2x2 latent
+    patches, so a 16x16 latent frame is 64 tokens, and its memory gates are set up for 64 tokens a frame."""
+    import dataclasses
+
+    demo, fine = get_preset("demo"), get_preset("demo-patch2")
+    assert fine.patch_size == (1, 2, 2) and fine.memory.init_tokens_per_frame == 64
+    assert dataclasses.replace(fine, patch_size=demo.patch_size, memory=demo.memory) == demo
+    model = CausalWanModel(fine)
+    x = torch.randn(1, 16, 3, 16, 16)
+    assert model.patch_embedding(x).shape == (1, fine.dim, 3, 8, 8)
+    context = torch.zeros(1, fine.text_len, fine.text_dim)
+    with torch.no_grad():
+        out = model(x, torch.full((1, 3), 500.0), context)
+    assert out.shape == x.shape
