@@ -80,7 +80,8 @@ def main() -> None:
         measured["loss_rise_when_word_swapped"] = word_swap_sensitivity(
             model, lambda texts: text_encoder.encode(texts).float(),
             dataset.latents[:probe_clips, :, :args.frames].float(), dataset.prompts[:probe_clips], seed=args.seed)
-        results.append({"preset": preset, "patch": f"{patch_h}x{patch_w}", "tokens_per_frame": (h // patch_h) * (w // patch_w), "train_s": round(wall, 1),
+        results.append({"preset": preset, "patch": f"{patch_h}x{patch_w}",
+                        "tokens_per_frame": (h // patch_h) * (w // patch_w), "train_s": round(wall, 1),
                         "final_loss": sum(tail) / len(tail), **measured})
         print(json.dumps(results[-1]), flush=True)
     base = results[0]["final_loss"]
