@@ -162,8 +162,8 @@ def evaluate_vae(vae: WanVAE, num_clips: int = 16, height: int = 64, width: int 
     """
     from .evaluate import shape_confusion
 
-    colour_ok = colour_n = shape_ok = shape_n = 0
-    shape_pairs = []
+    colour_ok = colour_n = 0
+    shape_pairs = []  # (original's shape, reconstruction's shape) per measured frame
     se, count = 0.0, 0
     for start in range(0, num_clips, 4):
         frames, _ = world_batch(seed, 0, range(start, min(num_clips, start + 4)), num_frames, height, width)
@@ -179,11 +179,10 @@ def evaluate_vae(vae: WanVAE, num_clips: int = 16, height: int = 64, width: int 
                 colour_n += 1
                 colour_ok += int(mo.colour == mr.colour)
                 if mo.shape is not None and not mo.clipped:
-                    shape_n += 1
-                    shape_ok += int(mo.shape == mr.shape)
                     shape_pairs.append((mo.shape, mr.shape))
     mse = se / max(count, 1) / 4.0  # [-1, 1] -> [0, 1] units
-    return {"colour_accuracy": colour_ok / max(colour_n, 1), "shape_accuracy": shape_ok / max(shape_n, 1),
+    shape_ok = sum(original == rebuilt for original, rebuilt in shape_pairs)
+    return {"colour_accuracy": colour_ok / max(colour_n, 1), "shape_accuracy": shape_ok / max(len(shape_pairs), 1),
             "psnr_db": float(10 * np.log10(1.0 / max(mse, 1e-12))), "frames_measured": colour_n,
             "shape_by_original_shape": shape_confusion(shape_pairs)}
 
