@@ -4,7 +4,7 @@
         [--presets demo demo-patch2] [--steps 4000] [--frames 3] [--clips 80]
 
 The shipped demo generator patchifies 4x4 latent pixels (16x16 video pixels through the stride-4 VAE), so
-the world's object (14-20 px across) falls inside one to four tokens and its shape has to be drawn inside
+the world's object (20-30 px across; 14-20 px in the world's first version) covers one to four tokens and its shape has to be drawn inside
 the tokens by the output projection. This trains each ``--presets`` architecture (by default ``demo`` and
 ``demo-patch2``, the same model with 2x2 patches) from scratch on the same cached latents (the demo
 teacher run's ``latents.safetensors``), on short windows of ``--frames`` latent frames so that it fits a

@@ -57,6 +57,8 @@ BACKGROUNDS: tuple[str, ...] = ("dark", "light", "gradient", "striped")
 # Every shape fits inside +-EXTENT * radius of the object's position (the triangle's apex is the
 # furthest point); the motions keep the position EXTENT * radius away from the walls.
 EXTENT = 1.15
+# The object's radius, drawn per clip, as a fraction of the frame's smaller side.
+RADIUS_RANGE = (0.15, 0.2)
 _RING_INNER = 0.5  # inner radius of the ring, as a fraction of the outer one
 _SUPERSAMPLE = 4  # coverage samples per pixel and axis (anti-aliasing)
 _FG_THRESHOLD = 36.0  # max-channel difference from the background model that counts as foreground
@@ -437,7 +439,7 @@ def _begin(spec: SceneSpec, height: int, width: int, rng: np.random.Generator,
         size = min(height, width)
         st = WorldState(
             height=height, width=width, spec=spec, x=0.0, y=0.0, vx=0.0, vy=0.0,
-            radius=float(rng.uniform(0.11, 0.16) * size),
+            radius=float(rng.uniform(*RADIUS_RANGE) * size),
             speed=float(rng.uniform(0.012, 0.025) * size),
             colour_jitter=tuple(int(j) for j in rng.integers(-10, 11, 3)))
         st.background_params = _background_params(spec.background, height, rng)

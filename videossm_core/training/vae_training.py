@@ -42,9 +42,10 @@ def demo_vae_config() -> dict[str, Any]:
     channels but *two* down/up stages, so a spatial stride of 4 instead of Wan2.1's 8, plus Wan2.2's
     residual down/up blocks (``is_residual``: space-to-channel averaging shortcuts around each resampling).
 
-    Why stride 4: the demo's 64x64 frames show objects ~15-20 px wide. At stride 8 they cover 2x2 latent
-    pixels and a CPU-sized VAE reconstructs every shape as a round blob (measured: shape read back right
-    on 8 % of frames after ~20 CPU-minutes, colours on 100 %). At stride 4 they cover 4x4 latent pixels.
+    Why stride 4: the demo's 64x64 frames show objects ~15-30 px wide. At stride 8 the small ones cover 2x2
+    latent pixels and a CPU-sized VAE reconstructs every shape as a round blob (measured on the world's
+    first, smaller objects: shape read back right on 8 % of frames after ~20 CPU-minutes, colours on
+    100 %). At stride 4 they cover 4x4 to 7x7 latent pixels.
     The generator patchifies by (1, 4, 4) instead of (1, 2, 2), so it sees the same 4x4 tokens per frame.
     Why residual: on CPU budgets the plain Wan2.1 layout sits on a "mean frame" plateau for hundreds of
     steps; the shortcut gives the encoder and decoder a near-linear path from the first step."""
