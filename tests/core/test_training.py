@@ -347,6 +347,54 @@ def test_evaluate_teacher_command_reports_which_shape_the_teacher_draws_for_each
     assert set(results["loss_rise_when_word_swapped"]) == {"colour", "shape", "motion", "background", "whole prompt"}
 
 
+def test_a_teacher_run_is_measured_from_its_newest_checkpoint_while_it_trains(tmp_path):
+    """``load_teacher_snapshot`` reads the EMA weights of a run's newest checkpoint: for a finished run they
+    are exactly what ``teacher.safetensors`` and ``text_encoder.safetensors`` hold; a run stopped part way
+    (no output files yet) is measured by ``evaluate-teacher`` from its checkpoint; a checkpoint whose
+    weights do not fit says so."""
+    import json
+
+    from videossm_core.training.cli import main
+    from videossm_core.training.teacher import load_teacher_snapshot
+    from videossm_core.vae import build_vae, save_vae
+
+    common = dict(batch_size=2, lr=1e-3, warmup=0, latent_frames=9, checkpoint_every=1, log_every=1, eval_clips=0)
+    done = tmp_path / "done"
+    train_teacher(TeacherTrainConfig(workdir=str(done), steps=2, **common), DistEnv(), dataset=_dataset(),
+                  model_config=TINY, log=_quiet_log(done))
+    model, text_encoder, step = load_teacher_snapshot(done)
+    assert step == 2
+    for snapshot, saved in ((model, load_generator(done / "teacher.safetensors")),
+                            (text_encoder, DemoTextEncoder.load(done / "text_encoder.safetensors"))):
+        assert snapshot.state_dict().keys() == saved.state_dict().keys()
+        assert all(torch.equal(v, saved.state_dict()[k]) for k, v in snapshot.state_dict().items())
+    raw = torch.load(done / "checkpoints" / "step_00000002" / "train.pt", weights_only=True)["model"]
+    assert any(not torch.equal(v, raw[k]) for k, v in model.state_dict().items())  # the EMA, not the live weights
+
+    running = tmp_path / "running"
+    train_teacher(TeacherTrainConfig(workdir=str(running), steps=6, stop_after=3, **common), DistEnv(),
+                  dataset=_dataset(), model_config=TINY, log=_quiet_log(running))
+    assert not (running / "teacher.safetensors").exists()
+    assert load_teacher_snapshot(running)[2] == 3
+    _dataset().save(running / "latents.safetensors")
+    save_vae(build_vae(small_vae_config(base_dim=8, z_dim=TINY.in_dim, dim_mult=[1, 1, 1, 1])),
+             tmp_path / "vae.safetensors")
+    out = tmp_path / "eval.json"
+    assert main(["evaluate-teacher", "--teacher", str(running), "--vae", str(tmp_path / "vae.safetensors"),
+                 "--clips", "2", "--frames", "3", "--steps", "2", "--swap-clips", "0", "--out", str(out)]) == 0
+    assert set(json.loads(out.read_text())) == {"colour_accuracy", "shape_accuracy", "background_accuracy",
+                                                "drawn_shape_by_prompted_shape"}
+
+    ckpt = running / "checkpoints" / "step_00000003" / "train.pt"
+    shared = torch.load(ckpt, weights_only=True)
+    del shared["model_config"]  # as in checkpoints written before it was stored: rebuilt from the preset
+    torch.save(shared, ckpt)
+    with pytest.raises(ValueError, match="do not fit"):  # the run's preset ("demo") is not the tiny model
+        load_teacher_snapshot(running)
+    with pytest.raises(FileNotFoundError, match="no complete teacher checkpoint"):
+        load_teacher_snapshot(tmp_path / "nothing")
+
+
 def test_word_swap_sensitivity_swaps_one_kind_of_word_at_a_time():
     """The probe behind ``evaluate-teacher``'s ``loss_rise_when_word_swapped``: a teacher that reads only the
     colour word loses accuracy when colours are swapped and exactly none when any other word is."""

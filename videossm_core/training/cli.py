@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("evaluate-teacher", help="sample clips from a teacher, decode and measure colour/shape/background")
-    p.add_argument("--teacher", required=True, help="teacher run folder or teacher.safetensors")
+    p.add_argument("--teacher", required=True,
+                   help="teacher run folder (finished, or still training: its newest checkpoint) or teacher.safetensors")
     p.add_argument("--text-encoder", default=None, help="default: the teacher run's text_encoder.safetensors")
     p.add_argument("--vae", required=True, help="the VAE run folder or file the teacher was trained with")
     p.add_argument("--clips", type=int, default=40)
@@ -364,14 +365,31 @@ def cmd_evaluate_teacher(args) -> int:
 
     teacher = Path(args.teacher)
     model_file = teacher / "teacher.safetensors" if teacher.is_dir() else teacher
-    text_file = Path(args.text_encoder) if args.text_encoder else model_file.with_name("text_encoder.safetensors")
-    for path in (model_file, text_file):
-        if not path.is_file():
-            raise SystemExit(f"{path} does not exist: pass a finished teacher run (or --text-encoder)")
-    model = load_generator(model_file)
-    text_encoder = DemoTextEncoder.load(text_file).eval()
+    if teacher.is_dir() and not model_file.is_file():  # still training (or stopped early): its newest checkpoint
+        from safetensors import safe_open
+
+        from .teacher import load_teacher_snapshot
+
+        try:
+            model, text_encoder, step = load_teacher_snapshot(teacher)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"{exc}: pass a teacher run (finished, or with checkpoints) or a teacher.safetensors")
+        cache = teacher / "latents.safetensors"
+        if not cache.is_file():
+            raise SystemExit(f"{cache} does not exist: the run's latent cache gives the latent frame size")
+        with safe_open(str(cache), framework="pt") as f:
+            h, w = f.get_slice("latents").get_shape()[-2:]
+        print(f"measuring the EMA weights of {teacher}'s checkpoint at step {step}", file=sys.stderr)
+    else:
+        text_file = Path(args.text_encoder) if args.text_encoder else model_file.with_name("text_encoder.safetensors")
+        for path in (model_file, text_file):
+            if not path.is_file():
+                raise SystemExit(f"{path} does not exist: pass a teacher run (finished, or with checkpoints) "
+                                 f"or a teacher.safetensors (and --text-encoder)")
+        model = load_generator(model_file)
+        text_encoder = DemoTextEncoder.load(text_file).eval()
+        h, w = (int(n) for n in read_generator_metadata(model_file).get("latent_size", "16,16").split(","))
     vae = load_trained_vae(args.vae)
-    h, w = (int(n) for n in read_generator_metadata(model_file).get("latent_size", "16,16").split(","))
     results = evaluate_teacher(model, text_encoder, vae, args.clips, (model.config.in_dim, args.frames, h, w),
                                seed=args.seed, guidance=args.guidance, steps=args.steps)
     cache = model_file.with_name("latents.safetensors")

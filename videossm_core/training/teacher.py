@@ -10,6 +10,8 @@ unconditional flow that classifier-free guidance needs (DMD's real score uses gu
 
 The run writes ``teacher.safetensors`` (EMA weights, ``save_generator`` format),
 ``text_encoder.safetensors`` (the EMA'd demo text encoder) and keeps the latent cache it trained on.
+While it trains (or after it was stopped early), ``load_teacher_snapshot`` reads the same EMA weights
+from its newest checkpoint, so a long run can be measured on the way.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import Tensor
 from ..config import ModelConfig, get_preset
 from ..model.transformer import CausalWanModel
 from ..text import DemoTextEncoder
-from .checkpointing import EMA, LossLog, resume_latest, save_checkpoint, save_generator
+from .checkpointing import EMA, LossLog, latest_checkpoint, resume_latest, save_checkpoint, save_generator
 from .common import config_dict, lr_at, make_adamw, maybe_compile, optimizer_step, set_lr
 from .data import LatentDataset, cached_world_dataset, latent_object_masks
 from .distributed import DistEnv, mean_across_ranks, per_sample_rand, per_sample_randn, resolve_device
@@ -142,6 +144,38 @@ def _load_dataset(cfg: TeacherTrainConfig, env: DistEnv) -> LatentDataset:
     return dataset
 
 
+def load_teacher_snapshot(workdir: str | Path) -> tuple[CausalWanModel, DemoTextEncoder, int]:
+    """``(teacher, text_encoder, step)``: the EMA weights of a teacher run's newest checkpoint, in eval mode.
+
+    For measuring a run that is still training or was stopped before its last step (a finished run's
+    ``teacher.safetensors`` holds the same EMA weights). Checkpoints written before the model config was
+    stored in them are rebuilt from the run's preset.
+    """
+    ckpt = latest_checkpoint(workdir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{workdir} has no complete teacher checkpoint (checkpoints/step_*/train.pt)")
+    shared = torch.load(ckpt / "train.pt", map_location="cpu", weights_only=True)
+    if "ema_model" not in shared or "ema_text" not in shared:
+        raise ValueError(f"{ckpt} is not a teacher checkpoint (it has no ema_model/ema_text)")
+    if "model_config" in shared:
+        model_config = ModelConfig.from_json(shared["model_config"])
+    else:
+        model_config = get_preset(shared["config"]["preset"])
+    model = CausalWanModel(model_config)
+    text_encoder = DemoTextEncoder(**shared.get("text_encoder_config", {"text_len": model_config.text_len,
+                                                                        "text_dim": model_config.text_dim}))
+    for module, saved in ((model, shared["ema_model"]), (text_encoder, shared["ema_text"])):
+        ema = EMA(module, 0.0)
+        if set(saved["shadow"]) != set(ema.shadow):
+            raise ValueError(f"{ckpt}: its EMA weights do not fit a {type(module).__name__} of the run's config")
+        ema.load_state_dict(saved)
+        try:
+            ema.copy_to(module)
+        except RuntimeError as exc:  # a tensor of another shape
+            raise ValueError(f"{ckpt}: its EMA weights do not fit the run's config: {exc}") from exc
+    return model.eval(), text_encoder.eval(), int(shared["step"])
+
+
 def train_teacher(cfg: TeacherTrainConfig, env: DistEnv, dataset: LatentDataset | None = None,
                   model_config: ModelConfig | None = None, log: LossLog | None = None) -> dict[str, Any]:
     """Train (or resume) the teacher and its text encoder. Returns a summary with the loss curve."""
@@ -204,6 +238,7 @@ def train_teacher(cfg: TeacherTrainConfig, env: DistEnv, dataset: LatentDataset 
         if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step in (cfg.steps, cfg.stop_after)):
             ema_model.decay = ema_text.decay = cfg.ema
             save_checkpoint(workdir, step, env, {
+                "model_config": model.config.to_json(), "text_encoder_config": text_encoder.config,
                 "model": model.state_dict(), "text_encoder": text_encoder.state_dict(),
                 "optimizer": opt.state_dict(), "ema_model": ema_model.state_dict(),
                 "ema_text": ema_text.state_dict(), "config": config_dict(cfg)})
