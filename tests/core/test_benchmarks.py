@@ -1,0 +1,29 @@
+"""The quality benchmark's own measurements (the script itself runs minutes of video: not a unit test)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+
+def _bench_demo_quality():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_demo_quality.py"
+    spec = importlib.util.spec_from_file_location("bench_demo_quality", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_world_acting_out_the_schedule_is_the_reference_for_its_dynamic_degree():
+    """A minute of "resting" prompts is still in the world itself: the benchmark's reference dynamic degree
+    follows the prompted motions, minute by minute (fps 1 here, so a "minute" is 60 frames)."""
+    bench = _bench_demo_quality()
+    segments = [("a red circle bouncing on a dark background", 70), ("a red circle resting on a dark background", 90)]
+    moving, mixed, still = bench.world_dynamic_degree_per_minute(segments, fps=1, height=64, width=64)
+    assert moving > 0.002 and still == 0.0 and still < mixed < moving
+    frames = np.zeros((130, 8, 8, 3), np.uint8)
+    frames[1::2] = 255  # every frame differs from the last by the full range
+    assert bench.dynamic_degree_per_minute(frames, fps=1) == [1.0, 1.0]  # the 10-frame tail is no minute
+    assert bench.dynamic_degree_per_minute(frames[:100], fps=1) == [1.0, 1.0]
