@@ -373,6 +373,7 @@ def cmd_evaluate_teacher(args) -> int:
 
     teacher = Path(args.teacher)
     model_file = teacher / "teacher.safetensors" if teacher.is_dir() else teacher
+    cache = model_file.with_name("latents.safetensors")  # the run's latent cache
     if teacher.is_dir() and not model_file.is_file():  # still training (or stopped early): its newest checkpoint
         from safetensors import safe_open
 
@@ -382,7 +383,6 @@ def cmd_evaluate_teacher(args) -> int:
             model, text_encoder, step = load_teacher_snapshot(teacher)
         except FileNotFoundError as exc:
             raise SystemExit(f"{exc}: pass a teacher run (finished, or with checkpoints) or a teacher.safetensors")
-        cache = teacher / "latents.safetensors"
         if not cache.is_file():
             raise SystemExit(f"{cache} does not exist: the run's latent cache gives the latent frame size")
         with safe_open(str(cache), framework="pt") as f:
@@ -400,7 +400,6 @@ def cmd_evaluate_teacher(args) -> int:
     vae = load_trained_vae(args.vae)
     results = evaluate_teacher(model, text_encoder, vae, args.clips, (model.config.in_dim, args.frames, h, w),
                                seed=args.seed, guidance=args.guidance, steps=args.steps)
-    cache = model_file.with_name("latents.safetensors")
     if args.swap_clips and cache.is_file():  # the clips the teacher trained on: does it use each word?
         data = LatentDataset.load(cache)
         n = min(args.swap_clips, len(data))

@@ -162,8 +162,8 @@ def load_teacher_snapshot(workdir: str | Path) -> tuple[CausalWanModel, DemoText
     else:
         model_config = get_preset(shared["config"]["preset"])
     model = CausalWanModel(model_config)
-    text_encoder = DemoTextEncoder(**shared.get("text_encoder_config", {"text_len": model_config.text_len,
-                                                                        "text_dim": model_config.text_dim}))
+    text_config = shared.get("text_encoder_config")
+    text_encoder = DemoTextEncoder(**text_config) if text_config else build_text_encoder(model_config)
     for module, saved in ((model, shared["ema_model"]), (text_encoder, shared["ema_text"])):
         ema = EMA(module, 0.0)
         if set(saved["shadow"]) != set(ema.shadow):
