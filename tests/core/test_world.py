@@ -13,6 +13,7 @@ from videossm_core.demo.world import (
     SHAPES,
     SceneSpec,
     all_prompts,
+    classify_shape,
     dynamic_degree,
     is_valid_frame_count,
     measure_clip,
@@ -271,3 +272,34 @@ def test_the_largest_objects_are_still_measured_right():
         # The left column is background here, and backgrounds are constant along rows.
         object_pixels = np.abs(frames[0].astype(int) - frames[0][:, :1].astype(int)).max(-1) > 36
         assert object_pixels.sum(1).max() < 32
+
+
+def _bowed_square(half: float, bow: float, size: int = 40) -> np.ndarray:
+    """A square mask [size, size] of half side ``half`` whose four sides bow ``bow`` px inwards at their
+    middles (each side cut by a disc through its two corners), corners intact: how a generator draws it."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5 - size / 2
+    mask = (np.abs(yy) <= half) & (np.abs(xx) <= half)
+    reach = (half**2 + bow**2) / (2 * bow)  # radius of the disc through both corners, ``bow`` deep
+    for cy, cx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        off = half + reach - bow
+        mask &= (yy - cy * off) ** 2 + (xx - cx * off) ** 2 > reach**2
+    return mask
+
+
+def test_squares_drawn_with_bowed_sides_or_round_corners_are_squares():
+    """A generator's squares come out with sides bowed in and corners rounded: their box fill (about 0.83)
+    is a circle's, but only a square reaches into the corners of its box."""
+    yy, xx = np.mgrid[0:40, 0:40] + 0.5 - 20
+    for half in (7.0, 10.0, 13.0):
+        bowed = _bowed_square(half, bow=0.18 * half)
+        ys, xs = np.nonzero(bowed)
+        fill = bowed.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+        assert fill < 0.87  # by its box fill alone it would be read as a circle
+        assert classify_shape(bowed) == "square"
+        corner = 0.35 * half  # rounded corners
+        inner = np.clip(np.abs(yy) - (half - corner), 0, None) ** 2 + np.clip(np.abs(xx) - (half - corner), 0, None) ** 2
+        rounded = (np.abs(yy) <= half) & (np.abs(xx) <= half) & (inner <= corner**2)
+        assert classify_shape(rounded) == "square"
+        for stretch in (1.0, 1.15):  # round blobs, a little elongated, stay circles; diamonds stay diamonds
+            assert classify_shape((yy / stretch) ** 2 + xx**2 <= half**2) == "circle"
+            assert classify_shape(np.abs(yy / stretch) + np.abs(xx) <= half * 1.2) == "diamond"

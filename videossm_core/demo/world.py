@@ -679,9 +679,11 @@ def _holes(mask: np.ndarray) -> np.ndarray:
 def classify_shape(mask: np.ndarray) -> str | None:
     """Name the shape of a single blob from simple moments.
 
-    ring: a hole (or an empty middle); square: fills its bounding box (~1.0); circle: ~pi/4;
-    triangle: the only shape whose mass sits low in its box (apex up: centroid 2/3 of the way down);
-    otherwise the fill ratio of the bounding box: square ~1, circle ~pi/4, diamond ~1/2.
+    ring: a hole (or an empty middle); triangle: the only shape whose mass sits low in its box (apex up:
+    centroid 2/3 of the way down); square: the only one that reaches the corners of its box (a circle or
+    a diamond leaves them empty; a square drawn with rounded corners or sides bowed in, as a generator
+    may draw it, still fills them, though its box fill drops to a circle's); otherwise the fill ratio of
+    the bounding box: square ~1, circle ~pi/4, diamond ~1/2.
     """
     ys, xs = np.nonzero(mask)
     if len(ys) < 4:
@@ -703,9 +705,20 @@ def classify_shape(mask: np.ndarray) -> str | None:
     if mass_depth > 0.585:
         return "triangle"
     fill = filled.sum() / (h * w)
-    if fill > 0.87:
+    if fill > 0.87 or _corner_fill(filled[1:-1, 1:-1]) > 0.3:
         return "square"
     return "circle" if fill > 0.65 else "diamond"
+
+
+def _corner_fill(box: np.ndarray) -> float:
+    """Covered fraction of the four corner triangles of a blob's bounding box ``box`` [h, w] (legs a quarter
+    of the shorter side, half a circle's radius): ~1 for a square, 0 for a circle or a diamond (a circle's
+    edge crosses the box diagonal at 0.29 of its radius in from both sides, outside these triangles)."""
+    h, w = box.shape
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    legs = 0.25 * min(h, w)
+    corners = [(np.abs(yy - cy) + np.abs(xx - cx)) < legs for cy in (0, h) for cx in (0, w)]
+    return float(np.mean([box[c].mean() for c in corners if c.any()] or [0.0]))
 
 
 def _as_uint8_frame(frame: np.ndarray) -> np.ndarray:
