@@ -27,3 +27,22 @@ def test_the_world_acting_out_the_schedule_is_the_reference_for_its_dynamic_degr
     frames[1::2] = 255  # every frame differs from the last by the full range
     assert bench.dynamic_degree_per_minute(frames, fps=1) == [1.0, 1.0]  # the 10-frame tail is no minute
     assert bench.dynamic_degree_per_minute(frames[:100], fps=1) == [1.0, 1.0]
+
+
+def test_a_steady_motion_schedule_prompts_the_same_motions_every_minute():
+    """The dynamic-degree target compares each minute with the first: with ``steady_motions`` every minute
+    asks for the same motions (in a new order), while colours and shapes still change at every switch."""
+    from videossm_core.demo import world
+    from videossm_core.schedule import parse_schedule
+
+    bench = _bench_demo_quality()
+    assert bench.build_schedule(5, 20, seed=0) == bench.build_schedule(5, 20, seed=0, steady_motions=False)
+    for seed in range(4):
+        specs = [world.parse_prompt(e.prompt) for e in parse_schedule(bench.build_schedule(5, 20, seed, True)).entries]
+        assert len(specs) == 15
+        minutes = [sorted(s.motion for s in specs[i:i + 3]) for i in range(0, 15, 3)]
+        assert all(m == minutes[0] for m in minutes)
+        assert all((a.colour, a.shape) != (b.colour, b.shape) for a, b in zip(specs, specs[1:]))
+    random_minutes = [sorted(s.motion for s in (world.parse_prompt(e.prompt) for e in
+                      parse_schedule(bench.build_schedule(5, 20, seed=0)).entries[i:i + 3])) for i in range(0, 15, 3)]
+    assert any(m != random_minutes[0] for m in random_minutes)  # which a random schedule does not do
