@@ -195,13 +195,13 @@ DEMO_RECIPE = {
     # The teacher: the 2x2-patch preset (Wan's own patch size; 4x4 patches left the shapes to the output
     # projection and never bound the shape word, CARD.md), 1024 cached clips, one 40000-step schedule run in
     # legs: 10500 steps on 3-latent-frame windows (cheap; colour, background and most of the shape binding),
-    # then 6-frame windows (the 2 chunks stages 1-2 score) to step 16000, where the shipped run was stopped;
-    # the last leg (--steps 16000) only writes the EMA weights of that checkpoint.
+    # then 6-frame windows (the 2 chunks stages 1-2 score) to step 36000, where the shipped run was stopped
+    # for time (lr already near its floor); the last leg (--steps 36000) only writes that checkpoint's EMA.
     "teacher": ["--preset", "demo-patch2", "--batch-size", "8", "--lr", "4e-4", "--clips", "1024",
                 "--checkpoint-every", "500"],
     "teacher_legs": [["--steps", "40000", "--latent-frames", "3", "--stop-after", "10500"],
-                     ["--steps", "40000", "--latent-frames", "6", "--stop-after", "16000"],
-                     ["--steps", "16000", "--latent-frames", "6"]],
+                     ["--steps", "40000", "--latent-frames", "6", "--stop-after", "36000"],
+                     ["--steps", "36000", "--latent-frames", "6"]],
     # Stages 1-2 score windows of 6 latent frames (2 chunks), the teacher's window.
     "stage1": ["--latent-frames", "6", "--ode-pairs", "96", "--ode-steps", "120", "--ode-solver-steps", "12",
                "--steps", "400", "--batch-size", "4", "--lr", "5e-5", "--critic-lr", "1e-4", "--critic-ratio", "2",
@@ -211,8 +211,8 @@ DEMO_RECIPE = {
                "0.05", "--critic-lr", "1e-4", "--critic-ratio", "2", "--rollout-frames", "105", "--switch-prob", "0.5",
                "--guidance", "4.0", "--checkpoint-every", "50"],
     # Stage 2 again from its own student and critic, on rollouts of 1200 latent frames (5 minutes): windows are
-    # scored at every depth a long video reaches (CARD.md: a small gain, 45.4 -> 46.4 % colour and shape and
-    # 7 -> 8 of 14 switches within 2 chunks in the benchmark).
+    # scored at every depth a long video reaches (CARD.md: from the step-16000 teacher, a small gain, 45.4 ->
+    # 46.4 % colour and shape and 7 -> 8 of 14 switches within 2 chunks in the benchmark).
     "stage2_deep": ["--latent-frames", "6", "--steps", "300", "--batch-size", "4", "--lr", "1e-3",
                     "--base-lr-scale", "0.05", "--critic-lr", "1e-4", "--critic-ratio", "2", "--rollout-frames", "1200",
                     "--switch-prob", "0.5", "--guidance", "4.0", "--checkpoint-every", "50"],
