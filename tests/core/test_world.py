@@ -297,7 +297,8 @@ def test_squares_drawn_with_bowed_sides_or_round_corners_are_squares():
         assert fill < 0.87  # by its box fill alone it would be read as a circle
         assert classify_shape(bowed) == "square"
         corner = 0.35 * half  # rounded corners
-        inner = np.clip(np.abs(yy) - (half - corner), 0, None) ** 2 + np.clip(np.abs(xx) - (half - corner), 0, None) ** 2
+        beyond_y, beyond_x = (np.clip(np.abs(a) - (half - corner), 0, None) for a in (yy, xx))
+        inner = beyond_y**2 + beyond_x**2
         rounded = (np.abs(yy) <= half) & (np.abs(xx) <= half) & (inner <= corner**2)
         assert classify_shape(rounded) == "square"
         for stretch in (1.0, 1.15):  # round blobs, a little elongated, stay circles; diamonds stay diamonds
