@@ -47,7 +47,7 @@ def build_schedule(minutes: float, switch_every: float, seed: int, steady_motion
 
     rng = np.random.default_rng(seed)
     spec = world.sample_spec(rng)
-    per_minute = max(1, round(60 / switch_every))
+    per_minute = max(1, round(60 / switch_every))  # prompts a minute
     if steady_motions:  # (drawn only then: the default schedule for a seed stays what it always was)
         motions = list(rng.choice(world.MOTIONS, per_minute, replace=per_minute > len(world.MOTIONS)))
     lines, t, step = [], 0.0, 0

@@ -184,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Both stage-2 runs; they differ only in rollout length. Guidance 4 here (2 in stage 1): the stronger real score
+# keeps more of the teacher's shapes (CARD.md).
+_STAGE2 = ["--latent-frames", "6", "--steps", "300", "--batch-size", "4", "--lr", "1e-3", "--base-lr-scale", "0.05",
+           "--critic-lr", "1e-4", "--critic-ratio", "2", "--switch-prob", "0.5", "--guidance", "4.0",
+           "--checkpoint-every", "50"]
+
 # The demo recipe (what videossm_core/demo/weights/CARD.md reports); each stage resumes if interrupted.
 DEMO_RECIPE = {
     # VAE phase A (single frames) + B (clips), object-weighted; then a fine-tune with the ring weighting. (The
@@ -206,16 +212,11 @@ DEMO_RECIPE = {
     "stage1": ["--latent-frames", "6", "--ode-pairs", "96", "--ode-steps", "120", "--ode-solver-steps", "12",
                "--steps", "400", "--batch-size", "4", "--lr", "5e-5", "--critic-lr", "1e-4", "--critic-ratio", "2",
                "--guidance", "2.0", "--checkpoint-every", "50"],
-    # Guidance 4 in stage 2 (2 in stage 1): the stronger real score keeps more of the teacher's shapes (CARD.md).
-    "stage2": ["--latent-frames", "6", "--steps", "300", "--batch-size", "4", "--lr", "1e-3", "--base-lr-scale",
-               "0.05", "--critic-lr", "1e-4", "--critic-ratio", "2", "--rollout-frames", "105", "--switch-prob", "0.5",
-               "--guidance", "4.0", "--checkpoint-every", "50"],
+    "stage2": [*_STAGE2, "--rollout-frames", "105"],
     # Stage 2 again from its own student and critic, on rollouts of 1200 latent frames (5 minutes): windows are
     # scored at every depth a long video reaches (CARD.md: from the step-16000 teacher, a small gain, 45.4 ->
     # 46.4 % colour and shape and 7 -> 8 of 14 switches within 2 chunks in the benchmark).
-    "stage2_deep": ["--latent-frames", "6", "--steps", "300", "--batch-size", "4", "--lr", "1e-3",
-                    "--base-lr-scale", "0.05", "--critic-lr", "1e-4", "--critic-ratio", "2", "--rollout-frames", "1200",
-                    "--switch-prob", "0.5", "--guidance", "4.0", "--checkpoint-every", "50"],
+    "stage2_deep": [*_STAGE2, "--rollout-frames", "1200"],
 }
 
 
