@@ -200,14 +200,12 @@ DEMO_RECIPE = {
              "--batch-size", "4", "--frames", "21", "--checkpoint-every", "150"],
     # The teacher: the 2x2-patch preset (Wan's own patch size; 4x4 patches left the shapes to the output
     # projection and never bound the shape word, CARD.md), 1024 cached clips, one 40000-step schedule run in
-    # legs: 10500 steps on 3-latent-frame windows (cheap; colour, background and most of the shape binding),
-    # then 6-frame windows (the 2 chunks stages 1-2 score) to step 36000, where the shipped run was stopped
-    # for time (lr already near its floor); the last leg (--steps 36000) only writes that checkpoint's EMA.
+    # two legs: 10500 steps on 3-latent-frame windows (cheap; colour, background and most of the shape
+    # binding), then 6-frame windows (the 2 chunks stages 1-2 score) to the end of the schedule.
     "teacher": ["--preset", "demo-patch2", "--batch-size", "8", "--lr", "4e-4", "--clips", "1024",
                 "--checkpoint-every", "500"],
     "teacher_legs": [["--steps", "40000", "--latent-frames", "3", "--stop-after", "10500"],
-                     ["--steps", "40000", "--latent-frames", "6", "--stop-after", "36000"],
-                     ["--steps", "36000", "--latent-frames", "6"]],
+                     ["--steps", "40000", "--latent-frames", "6"]],
     # Stages 1-2 score windows of 6 latent frames (2 chunks), the teacher's window.
     "stage1": ["--latent-frames", "6", "--ode-pairs", "96", "--ode-steps", "120", "--ode-solver-steps", "12",
                "--steps", "400", "--batch-size", "4", "--lr", "5e-5", "--critic-lr", "1e-4", "--critic-ratio", "2",
