@@ -18,7 +18,10 @@ measures them with the world's own pixel measurements (no learned judge):
   (rendered with 3 seeds) is reported too, and the generator's per-minute ratio divided by the
   world's separates drift (collapse, freezing) from following the prompted motions. ``--steady-motions``
   prompts the same motions every minute (in a new order), so the raw per-minute ratio means what the
-  target means.
+  target means;
+- drift the dynamic degree does not see: the fraction of frames whose object a frame edge cuts (the
+  world keeps its objects whole on screen, and a cut object's shape cannot be read), and the mean object
+  area, each beside the world's own for the same schedule.
 """
 
 from __future__ import annotations
@@ -75,15 +78,39 @@ def dynamic_degree_per_minute(frames: np.ndarray, fps: int) -> list[float]:
     return per_minute
 
 
-def world_dynamic_degree_per_minute(segments: list[tuple[str, int]], fps: int, height: int, width: int,
-                                    seeds=(0, 1, 2)) -> list[float]:
-    """``dynamic_degree_per_minute`` of the world itself acting out ``segments`` (prompt, frames), averaged
-    over renders with ``seeds`` (each draws its own object sizes, speeds and paths)."""
+def world_renders(segments: list[tuple[str, int]], height: int, width: int, seeds=(0, 1, 2)) -> list[np.ndarray]:
+    """The world itself acting out ``segments`` (prompt, frames), once per seed (each draws its own object
+    sizes, speeds and paths): ``[T, H, W, 3]`` uint8 each."""
     from videossm_core.demo import world
 
-    runs = [dynamic_degree_per_minute(world.render_long_clip(segments, height, width, seed=seed)[0], fps)
-            for seed in seeds]
+    return [world.render_long_clip(segments, height, width, seed=seed)[0] for seed in seeds]
+
+
+def mean_dynamic_degree_per_minute(clips: list[np.ndarray], fps: int) -> list[float]:
+    runs = [dynamic_degree_per_minute(clip, fps) for clip in clips]
     return [float(np.mean(minute)) for minute in zip(*runs)]
+
+
+def world_dynamic_degree_per_minute(segments: list[tuple[str, int]], fps: int, height: int, width: int,
+                                    seeds=(0, 1, 2)) -> list[float]:
+    """``dynamic_degree_per_minute`` of the world itself acting out ``segments``, averaged over ``seeds``."""
+    return mean_dynamic_degree_per_minute(world_renders(segments, height, width, seeds), fps)
+
+
+def object_statistics(clips: list[np.ndarray], stride: int = 4) -> dict[str, float]:
+    """Of every ``stride``-th frame of ``clips`` (each ``[T, H, W, 3]`` uint8) that shows an object:
+
+    - ``cut_by_edge``: the fraction whose object a frame edge cuts. The world keeps its objects whole on
+      screen, so a cut object has drifted out of its distribution (and its shape cannot be read);
+    - ``area``: the mean area in pixels of the whole (uncut) objects.
+    """
+    from videossm_core.demo import world
+
+    measures = [world.measure_frame(frame) for clip in clips for frame in clip[::stride]]
+    found = [m for m in measures if m.centroid is not None]
+    whole = [m.area for m in found if not m.clipped]
+    return {"cut_by_edge": sum(m.clipped for m in found) / max(1, len(found)),
+            "area": float(np.mean(whole)) if whole else 0.0}
 
 
 def main() -> None:
@@ -150,8 +177,10 @@ def main() -> None:
     per_minute = dynamic_degree_per_minute(frames, fps)
     dd_ratio = [d / per_minute[0] for d in per_minute] if per_minute and per_minute[0] > 0 else []
     starts = [chunk_start_frame(e.chunk) for e in schedule.entries] + [len(frames)]
-    world_minute = world_dynamic_degree_per_minute(
-        [(e.prompt, b - a) for e, a, b in zip(schedule.entries, starts, starts[1:])], fps, height, width)
+    world_clips = world_renders([(e.prompt, b - a) for e, a, b in zip(schedule.entries, starts, starts[1:])],
+                                height, width)
+    world_minute = mean_dynamic_degree_per_minute(world_clips, fps)
+    objects, world_objects = object_statistics([frames]), object_statistics(world_clips)
     world_ratio = [d / world_minute[0] for d in world_minute]
     dd_vs_world = [r / w if w > 0 else float("inf") for r, w in zip(dd_ratio, world_ratio)]
     steady = [r for r in rows if r["since_switch"] is None or r["since_switch"] >= 2]
@@ -171,6 +200,11 @@ def main() -> None:
         "world_dynamic_degree_ratio_to_first_minute": [round(r, 3) for r in world_ratio],
         "dynamic_degree_ratio_vs_world": [round(r, 3) for r in dd_vs_world],
         "dynamic_degree_vs_world_within_50pct": all(0.5 <= r <= 1.5 for r in dd_vs_world),
+        # Drift out of the world's distribution that the dynamic degree does not see: objects pushed past a
+        # frame edge (the world never cuts one) or drawn larger than the world draws them.
+        "objects_cut_by_frame_edge": round(objects["cut_by_edge"], 4),
+        "world_objects_cut_by_frame_edge": round(world_objects["cut_by_edge"], 4),
+        "object_area_vs_world": round(objects["area"] / world_objects["area"], 3) if world_objects["area"] else None,
         # Where the shape misses come from: per prompted shape, how many chunks drew each shape ("none": no
         # shape could be read). The schedule is random, so the prompted shapes are not equally frequent.
         "drawn_shape_by_prompted_shape": shape_confusion((r["prompted_shape"], r["drawn_shape"]) for r in rows),
@@ -183,6 +217,8 @@ def main() -> None:
           f"{figures['world_dynamic_degree_ratio_to_first_minute']}")
     print(f"dynamic degree ratio / the world's ratio (drift apart from the prompted motions): "
           f"{figures['dynamic_degree_ratio_vs_world']}")
+    print(f"objects cut by a frame edge: {objects['cut_by_edge']:.1%} of frames (the world's own: "
+          f"{world_objects['cut_by_edge']:.1%}); object area / the world's: {figures['object_area_vs_world']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
