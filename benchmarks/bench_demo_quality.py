@@ -20,7 +20,7 @@ measures them with the world's own pixel measurements (no learned judge):
   prompts the same motions every minute (in a new order), so the raw per-minute ratio means what the
   target means;
 - drift the dynamic degree does not see: the fraction of frames whose object a frame edge cuts (the
-  world keeps its objects whole on screen, and a cut object's shape cannot be read), and the mean object
+  world's motions keep objects on screen, and a cut object's shape cannot be read), and the mean object
   area, each beside the world's own for the same schedule.
 """
 
@@ -100,8 +100,9 @@ def world_dynamic_degree_per_minute(segments: list[tuple[str, int]], fps: int, h
 def object_statistics(clips: list[np.ndarray], stride: int = 4) -> dict[str, float]:
     """Of every ``stride``-th frame of ``clips`` (each ``[T, H, W, 3]`` uint8) that shows an object:
 
-    - ``cut_by_edge``: the fraction whose object a frame edge cuts. The world keeps its objects whole on
-      screen, so a cut object has drifted out of its distribution (and its shape cannot be read);
+    - ``cut_by_edge``: the fraction whose object a frame edge cuts. The world's motions keep objects on
+      screen (its own renders read 0-0.4 % cut), so a cut object has drifted out of its distribution (and
+      its shape cannot be read);
     - ``area``: the mean area in pixels of the whole (uncut) objects.
     """
     from videossm_core.demo import world
@@ -201,7 +202,7 @@ def main() -> None:
         "dynamic_degree_ratio_vs_world": [round(r, 3) for r in dd_vs_world],
         "dynamic_degree_vs_world_within_50pct": all(0.5 <= r <= 1.5 for r in dd_vs_world),
         # Drift out of the world's distribution that the dynamic degree does not see: objects pushed past a
-        # frame edge (the world never cuts one) or drawn larger than the world draws them.
+        # frame edge (which the world's motions do not do) or drawn larger than the world draws them.
         "objects_cut_by_frame_edge": round(objects["cut_by_edge"], 4),
         "world_objects_cut_by_frame_edge": round(world_objects["cut_by_edge"], 4),
         "object_area_vs_world": round(objects["area"] / world_objects["area"], 3) if world_objects["area"] else None,

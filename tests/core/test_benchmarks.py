@@ -50,7 +50,7 @@ def test_a_steady_motion_schedule_prompts_the_same_motions_every_minute():
 
 def test_objects_pushed_past_a_frame_edge_are_counted_and_the_world_keeps_its_own_whole():
     """The benchmark's out-of-distribution measure: an object a frame edge cuts counts as cut, a whole one
-    does not, and the world acting out a schedule never cuts its objects (the reference is 0)."""
+    does not, and the world acting out a schedule keeps its objects whole."""
     bench = _bench_demo_quality()
     segments = [("a red square bouncing on a dark background", 40), ("a blue ring floating on a dark background", 40)]
     world_clip = bench.world_renders(segments, height=64, width=64, seeds=(0,))[0]
