@@ -87,14 +87,9 @@ def world_renders(segments: list[tuple[str, int]], height: int, width: int, seed
 
 
 def mean_dynamic_degree_per_minute(clips: list[np.ndarray], fps: int) -> list[float]:
+    """``dynamic_degree_per_minute`` averaged over ``clips`` (the world's renders of one schedule)."""
     runs = [dynamic_degree_per_minute(clip, fps) for clip in clips]
     return [float(np.mean(minute)) for minute in zip(*runs)]
-
-
-def world_dynamic_degree_per_minute(segments: list[tuple[str, int]], fps: int, height: int, width: int,
-                                    seeds=(0, 1, 2)) -> list[float]:
-    """``dynamic_degree_per_minute`` of the world itself acting out ``segments``, averaged over ``seeds``."""
-    return mean_dynamic_degree_per_minute(world_renders(segments, height, width, seeds), fps)
 
 
 def object_statistics(clips: list[np.ndarray], stride: int = 4) -> dict[str, float]:

@@ -21,7 +21,7 @@ def test_the_world_acting_out_the_schedule_is_the_reference_for_its_dynamic_degr
     follows the prompted motions, minute by minute (fps 1 here, so a "minute" is 60 frames)."""
     bench = _bench_demo_quality()
     segments = [("a red circle bouncing on a dark background", 70), ("a red circle resting on a dark background", 90)]
-    moving, mixed, still = bench.world_dynamic_degree_per_minute(segments, fps=1, height=64, width=64)
+    moving, mixed, still = bench.mean_dynamic_degree_per_minute(bench.world_renders(segments, 64, 64), fps=1)
     assert moving > 0.002 and still == 0.0 and still < mixed < moving
     frames = np.zeros((130, 8, 8, 3), np.uint8)
     frames[1::2] = 255  # every frame differs from the last by the full range
