@@ -92,23 +92,6 @@ def mean_dynamic_degree_per_minute(clips: list[np.ndarray], fps: int) -> list[fl
     return [float(np.mean(minute)) for minute in zip(*runs)]
 
 
-def object_statistics(clips: list[np.ndarray], stride: int = 4) -> dict[str, float]:
-    """Of every ``stride``-th frame of ``clips`` (each ``[T, H, W, 3]`` uint8) that shows an object:
-
-    - ``cut_by_edge``: the fraction whose object a frame edge cuts. The world's motions keep objects on
-      screen (its own renders read 0-0.4 % cut), so a cut object has drifted out of its distribution (and
-      its shape cannot be read);
-    - ``area``: the mean area in pixels of the whole (uncut) objects.
-    """
-    from videossm_core.demo import world
-
-    measures = [world.measure_frame(frame) for clip in clips for frame in clip[::stride]]
-    found = [m for m in measures if m.centroid is not None]
-    whole = [m.area for m in found if not m.clipped]
-    return {"cut_by_edge": sum(m.clipped for m in found) / max(1, len(found)),
-            "area": float(np.mean(whole)) if whole else 0.0}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=5.0)
@@ -129,7 +112,7 @@ def main() -> None:
     from videossm_core.demo.bundle import load_demo_bundle
     from videossm_core.generate import generate_video
     from videossm_core.schedule import chunk_start_frame, parse_schedule
-    from videossm_core.training.evaluate import chunk_measure, matches, shape_confusion
+    from videossm_core.training.evaluate import chunk_measure, matches, object_statistics, shape_confusion
     from videossm_core.video_io import read_video
 
     bundle = load_demo_bundle(directory=args.weights)

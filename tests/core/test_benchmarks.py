@@ -51,14 +51,16 @@ def test_a_steady_motion_schedule_prompts_the_same_motions_every_minute():
 def test_objects_pushed_past_a_frame_edge_are_counted_and_the_world_keeps_its_own_whole():
     """The benchmark's out-of-distribution measure: an object a frame edge cuts counts as cut, a whole one
     does not, and the world acting out a schedule keeps its objects whole."""
+    from videossm_core.training.evaluate import object_statistics
+
     bench = _bench_demo_quality()
     segments = [("a red square bouncing on a dark background", 40), ("a blue ring floating on a dark background", 40)]
     world_clip = bench.world_renders(segments, height=64, width=64, seeds=(0,))[0]
-    whole = bench.object_statistics([world_clip], stride=2)
+    whole = object_statistics([world_clip], stride=2)
     assert whole["cut_by_edge"] == 0.0 and 150 < whole["area"] < 600
 
     # The same frames with the picture moved 40 rows down (the top filled with the background's first row):
     # the object now sits across the bottom edge, or past it, in every frame.
     shifted = np.concatenate([np.repeat(world_clip[:, :1], 40, axis=1), world_clip[:, :-40]], axis=1)
-    measured = bench.object_statistics([shifted], stride=2)
+    measured = object_statistics([shifted], stride=2)
     assert measured["cut_by_edge"] == 1.0

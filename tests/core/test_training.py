@@ -125,6 +125,91 @@ def test_stage2_lowers_its_losses_and_trains_the_memory(tmp_path):
     assert any("out_gate" in k for k in changed) and any("alpha_proj" in k for k in changed), changed
 
 
+# ---------------------------------------------------------------------------------------------- guidance interval
+
+def _prompt_flow(x, timestep, context):
+    """A toy flow model: ``x`` plus the context's mean, so cond (ones) and uncond (zeros) differ by 1."""
+    return x + context.float().mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
+
+
+def test_interval_guidance_guides_only_at_or_below_its_noise_level():
+    from videossm_core.training.teacher import guided_flow, interval_guidance
+
+    sigma = torch.tensor([0.3, 0.8, 0.81, 0.99])
+    assert interval_guidance(4.0, sigma, 0.8).tolist() == [4.0, 4.0, 1.0, 1.0]
+    assert interval_guidance(4.0, sigma, None).tolist() == [4.0] * 4
+    x = torch.zeros(2, 1, 1, 1, 1)
+    cond, uncond = torch.ones(2, 1, 1), torch.zeros(2, 1, 1)
+    flow = guided_flow(_prompt_flow, x, torch.zeros(2, 1), cond, uncond, torch.tensor([4.0, 1.0]))
+    assert flow.flatten().tolist() == [4.0, 1.0]  # v_u + g (v_c - v_u) per sample; g = 1 is the cond flow
+
+
+def test_sample_ode_applies_guidance_only_inside_the_interval():
+    from videossm_core.training.teacher import sample_ode
+
+    noise = torch.zeros(1, 1, 1, 1, 1)
+    cond, uncond = torch.ones(1, 1, 1), torch.zeros(1, 1, 1)
+    sigmas = [1.0, 0.75, 0.5, 0.0]
+    everywhere, _ = sample_ode(_prompt_flow, noise, cond, uncond, 3.0, sigmas)
+    below_06, _ = sample_ode(_prompt_flow, noise, cond, uncond, 3.0, sigmas, guidance_max_sigma=0.6)
+
+    def euler(scales):  # the same Euler steps by hand, one guidance scale per step
+        x = 0.0
+        for s, s_next, g in zip(sigmas[:-1], sigmas[1:], scales):
+            x = x + (s_next - s) * (x + g)
+        return x
+
+    assert float(everywhere) == pytest.approx(euler([3.0, 3.0, 3.0]))
+    assert float(below_06) == pytest.approx(euler([1.0, 1.0, 3.0]))  # only the step from sigma 0.5 is guided
+
+
+def test_dmd_real_score_is_guided_only_for_samples_inside_the_interval():
+    """Per sample: a window whose DMD noise level is above ``guidance_max_sigma`` gets the unguided real
+    score's gradient, one at or below it the guided one's."""
+    from videossm_core.training.dmd import DMDConfig, dmd_loss, dmd_sigma
+
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 2, 3, 2, 2, generator=gen)
+    cond, uncond = torch.ones(2, 1, 1), torch.zeros(2, 1, 1)
+    critic = lambda x, t, c: 0.5 * x  # noqa: E731 - any fixed fake score
+    indices, step = [3, 4], 7
+
+    def grad(**kw):
+        x = x0.clone().requires_grad_(True)
+        loss, _ = dmd_loss(x, _prompt_flow, critic, cond, uncond, DMDConfig(**kw), 0, step, indices)
+        loss.backward()
+        return x.grad
+
+    sigma = dmd_sigma(DMDConfig(), 0, step, indices, "dmd-timestep")
+    assert sigma[0] != sigma[1]
+    low = int(torch.argmin(sigma))
+    between = float(sigma.mean())
+    guided, unguided = grad(guidance=4.0), grad(guidance=1.0)
+    assert not torch.allclose(guided, unguided)
+    mixed = grad(guidance=4.0, guidance_max_sigma=between)
+    assert torch.allclose(mixed[low], guided[low]) and torch.allclose(mixed[1 - low], unguided[1 - low])
+    assert torch.allclose(grad(guidance=4.0, guidance_max_sigma=1.0), guided)
+
+
+def test_guidance_max_sigma_reaches_the_dmd_of_stages_1_and_2(tmp_path, monkeypatch):
+    from videossm_core.training import stage2 as stage2_module
+    from videossm_core.training.cli import _distill_common, build_parser
+
+    base = ["--workdir", str(tmp_path), "--teacher", "t"]
+    assert _distill_common(build_parser().parse_args(["stage2", *base, "--student", "s"]))["guidance_max_sigma"] is None
+    for stage in (["stage1"], ["stage2", "--student", "s"]):
+        args = build_parser().parse_args([*stage, *base, "--guidance-max-sigma", "0.8"])
+        assert _distill_common(args)["guidance_max_sigma"] == 0.8
+
+    seen = []
+    real = stage2_module.dmd_loss
+    monkeypatch.setattr(stage2_module, "dmd_loss", lambda x0, t, c, *a: seen.append(a[2]) or real(x0, t, c, *a))
+    train_stage2(_stage2_cfg(tmp_path, steps=1, guidance_max_sigma=0.8), DistEnv(), teacher=make_tiny_model(seed=1),
+                 student=make_tiny_model(seed=1), critic=make_tiny_model(seed=1), conditioner=_conditioner(),
+                 log=_quiet_log(tmp_path))
+    assert [cfg.guidance_max_sigma for cfg in seen] == [0.8]
+
+
 def test_eviction_write_redone_with_grad_matches_the_models_own_write():
     model = make_tiny_model(seed=3, active_memory=True)
     stream = stream_config(Stage2Config(stream=dict(TINY_STREAM)), memory=True)
@@ -343,7 +428,9 @@ def test_evaluate_teacher_command_reports_which_shape_the_teacher_draws_for_each
     assert {shape: sum(row.values()) for shape, row in table.items()} == dict(prompted)
     assert results["shape_accuracy"] == pytest.approx(sum(row.get(s, 0) for s, row in table.items()) / 5)
     assert set(results) == {"colour_accuracy", "shape_accuracy", "background_accuracy", "drawn_shape_by_prompted_shape",
+                            "object_area_vs_world", "objects_cut_by_frame_edge", "world_objects_cut_by_frame_edge",
                             "loss_rise_when_word_swapped"}
+    assert results["world_objects_cut_by_frame_edge"] == 0.0  # the world's renders of the same prompts
     assert set(results["loss_rise_when_word_swapped"]) == {"colour", "shape", "motion", "background", "whole prompt"}
 
 
@@ -383,7 +470,8 @@ def test_a_teacher_run_is_measured_from_its_newest_checkpoint_while_it_trains(tm
     assert main(["evaluate-teacher", "--teacher", str(running), "--vae", str(tmp_path / "vae.safetensors"),
                  "--clips", "2", "--frames", "3", "--steps", "2", "--swap-clips", "0", "--out", str(out)]) == 0
     assert set(json.loads(out.read_text())) == {"colour_accuracy", "shape_accuracy", "background_accuracy",
-                                                "drawn_shape_by_prompted_shape"}
+                                                "drawn_shape_by_prompted_shape", "object_area_vs_world",
+                                                "objects_cut_by_frame_edge", "world_objects_cut_by_frame_edge"}
 
     ckpt = running / "checkpoints" / "step_00000003" / "train.pt"
     shared = torch.load(ckpt, weights_only=True)

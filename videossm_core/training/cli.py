@@ -62,6 +62,12 @@ def _add_conditioning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, or cuda (each rank takes cuda:<local rank>)")
 
 
+def _add_guidance_interval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--guidance-max-sigma", type=float, default=None,
+                   help="apply the teacher's CFG only at noise levels sigma <= this (guidance interval; "
+                        "default: at every level)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videossm train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ode-lr", type=float, default=3e-4)
     p.add_argument("--ode-solver-steps", type=int, default=16)
     p.add_argument("--guidance", type=float, default=3.0, help="teacher CFG scale in DMD (real score)")
+    _add_guidance_interval(p)
     p.add_argument("--critic-lr", type=float, default=2e-4)
     p.add_argument("--critic-ratio", type=int, default=2, help="critic updates per generator update")
     p.add_argument("--same-exit-step", action=argparse.BooleanOptionalAction, default=True)
@@ -136,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--critic", default=None, help="critic init (default: the stage-1 run's critic, else the teacher)")
     p.add_argument("--rollout-frames", type=int, default=105, help="latent frames of one long rollout")
     p.add_argument("--switch-prob", type=float, default=0.5, help="probability of a prompt switch per window")
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance", type=float, default=3.0, help="teacher CFG scale in DMD (real score)")
+    _add_guidance_interval(p)
     p.add_argument("--critic-lr", type=float, default=1e-4)
     p.add_argument("--critic-ratio", type=int, default=2)
     p.add_argument("--base-lr-scale", type=float, default=0.3,
@@ -170,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=40)
     p.add_argument("--frames", type=int, default=21, help="latent frames per clip")
     p.add_argument("--guidance", type=float, default=3.0)
+    _add_guidance_interval(p)
     p.add_argument("--steps", type=int, default=16, help="Euler steps of the flow ODE")
     p.add_argument("--seed", type=int, default=1000, help="picks the prompts and the noise")
     p.add_argument("--swap-clips", type=int, default=64,
@@ -311,7 +320,8 @@ def _distill_common(args) -> dict[str, Any]:
                 prompts=args.prompts,
                 latent_frames=args.latent_frames,
                 latent_size=tuple(args.latent_size) if args.latent_size else None,
-                compile=args.compile, guidance=args.guidance, critic_lr=args.critic_lr, eval_vae=args.eval_vae,
+                compile=args.compile, guidance=args.guidance,
+                guidance_max_sigma=args.guidance_max_sigma, critic_lr=args.critic_lr, eval_vae=args.eval_vae,
                 critic_ratio=args.critic_ratio, device=args.device)
 
 
@@ -398,7 +408,8 @@ def cmd_evaluate_teacher(args) -> int:
         h, w = (int(n) for n in read_generator_metadata(model_file).get("latent_size", "16,16").split(","))
     vae = load_trained_vae(args.vae)
     results = evaluate_teacher(model, text_encoder, vae, args.clips, (model.config.in_dim, args.frames, h, w),
-                               seed=args.seed, guidance=args.guidance, steps=args.steps)
+                               seed=args.seed, guidance=args.guidance, steps=args.steps,
+                               guidance_max_sigma=args.guidance_max_sigma)
     if args.swap_clips and cache.is_file():  # the clips the teacher trained on: does it use each word?
         data = LatentDataset.load(cache)
         n = min(args.swap_clips, len(data))

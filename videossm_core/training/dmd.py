@@ -3,7 +3,8 @@
 For the student's clean output ``x0`` (a window of latent frames, with graph):
 1. draw a timestep per sample in ``[min_step, max_step] * 1000`` and shift it (shift 5), noise ``x0`` to it;
 2. real score: the frozen bidirectional teacher with classifier-free guidance,
-   ``x0_real = uncond + g (cond - uncond)`` (as x0 predictions);
+   ``x0_real = uncond + g (cond - uncond)`` (as x0 predictions), ``g`` only at noise levels up to
+   ``guidance_max_sigma`` and 1 above (``interval_guidance``);
    fake score: the critic (same architecture, initialised from the teacher, trained on the student's
    outputs), without guidance;
 3. ``grad = (x0_fake - x0_real) / mean|x0 - x0_real|`` (per-sample normaliser), and the loss
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .distributed import per_sample_rand, per_sample_randn
-from .teacher import shifted_sigma
+from .teacher import guided_flow, interval_guidance, shifted_sigma
 
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, timestep [B, F], context) -> flow
 
@@ -30,6 +31,7 @@ ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, timestep [B, F], c
 @dataclass(frozen=True)
 class DMDConfig:
     guidance: float = 3.0
+    guidance_max_sigma: float | None = None  # guide the real score only at sigma <= this (None: everywhere)
     min_step: float = 0.02
     max_step: float = 0.98
     shift: float = 5.0
@@ -57,12 +59,8 @@ def dmd_loss(x0: Tensor, teacher: ModelFn, critic: ModelFn, cond: Tensor, uncond
         noise = per_sample_randn(tuple(x0.shape[1:]), seed, step, indices, "dmd-noise").to(x0.device)
         x_t, timestep, s = _noised(x0.detach(), sigma, noise)
         fake = x_t - s * critic(x_t, timestep, cond).float()
-        if cfg.guidance != 1.0:
-            both = teacher(torch.cat([x_t, x_t]), torch.cat([timestep, timestep]), torch.cat([cond, uncond])).float()
-            flow_c, flow_u = both.chunk(2)
-            flow = flow_u + cfg.guidance * (flow_c - flow_u)
-        else:
-            flow = teacher(x_t, timestep, cond).float()
+        flow = guided_flow(teacher, x_t, timestep, cond, uncond,
+                           interval_guidance(cfg.guidance, sigma, cfg.guidance_max_sigma))
         real = x_t - s * flow
         normaliser = (x0.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
         grad = torch.nan_to_num((fake - real) / normaliser)

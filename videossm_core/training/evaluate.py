@@ -56,13 +56,30 @@ def shape_confusion(pairs: Iterable[tuple[str, str | None]]) -> dict[str, dict[s
     return table
 
 
+def object_statistics(clips: list[np.ndarray], stride: int = 4) -> dict[str, float]:
+    """Of every ``stride``-th frame of ``clips`` (each ``[T, H, W, 3]`` uint8) that shows an object:
+
+    - ``cut_by_edge``: the fraction whose object a frame edge cuts. The world's motions keep objects on
+      screen (its own renders read 0-0.4 % cut), so a cut object has drifted out of its distribution (and
+      its shape cannot be read);
+    - ``area``: the mean area in pixels of the whole (uncut) objects.
+    """
+    measures = [world.measure_frame(frame) for clip in clips for frame in clip[::stride]]
+    found = [m for m in measures if m.centroid is not None]
+    whole = [m.area for m in found if not m.clipped]
+    return {"cut_by_edge": sum(m.clipped for m in found) / max(1, len(found)),
+            "area": float(np.mean(whole)) if whole else 0.0}
+
+
 @torch.no_grad()
 def evaluate_teacher(model, text_encoder, vae, num_clips: int, latent_shape: tuple[int, int, int, int],
-                     seed: int = 0, guidance: float = 3.0, steps: int = 16, shift: float = 5.0) -> dict[str, Any]:
+                     seed: int = 0, guidance: float = 3.0, steps: int = 16, shift: float = 5.0,
+                     guidance_max_sigma: float | None = None) -> dict[str, Any]:
     """Sample ``num_clips`` clips from the bidirectional teacher (Euler ODE with CFG), decode, measure.
 
-    Returns the colour / shape / background accuracies over the clips (majority over each clip's frames)
-    and ``drawn_shape_by_prompted_shape``."""
+    Returns the colour / shape / background accuracies over the clips (majority over each clip's frames),
+    ``drawn_shape_by_prompted_shape``, and the object size and edge cuts beside the world's own renders of
+    the same prompts (``object_statistics``; guidance enlarges objects, see ``interval_guidance``)."""
     from .data import WorldPrompts
     from .teacher import ode_sigmas, sample_ode
 
@@ -71,15 +88,22 @@ def evaluate_teacher(model, text_encoder, vae, num_clips: int, latent_shape: tup
     uncond = text_encoder.encode([""] * num_clips).float()
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((num_clips, *latent_shape), generator=gen)
-    x0, _ = sample_ode(model, noise, cond, uncond, guidance, ode_sigmas(steps, shift))
+    x0, _ = sample_ode(model, noise, cond, uncond, guidance, ode_sigmas(steps, shift),
+                       guidance_max_sigma=guidance_max_sigma)
     frames = tensor_to_frames(vae.decode(x0.to(vae.dtype)).float())
     hits, drawn = Counter(), []
     for clip, prompt in zip(frames, prompts):
         measure = chunk_measure(clip, stride=4)
         hits.update({k: int(v) for k, v in matches(measure, prompt).items()})
         drawn.append((world.parse_prompt(prompt).shape, measure["shape"]))
+    num_frames, height, width = frames.shape[1:4]
+    renders = [world.render_clip(p, num_frames, height, width, seed=seed + i)[0] for i, p in enumerate(prompts)]
+    objects, world_objects = object_statistics(list(frames), stride=2), object_statistics(renders, stride=2)
     return {**{f"{k}_accuracy": hits[k] / num_clips for k in ("colour", "shape", "background")},
-            "drawn_shape_by_prompted_shape": shape_confusion(drawn)}
+            "drawn_shape_by_prompted_shape": shape_confusion(drawn),
+            "object_area_vs_world": round(objects["area"] / world_objects["area"], 3) if world_objects["area"] else None,
+            "objects_cut_by_frame_edge": round(objects["cut_by_edge"], 4),
+            "world_objects_cut_by_frame_edge": round(world_objects["cut_by_edge"], 4)}
 
 
 @torch.no_grad()

@@ -65,6 +65,7 @@ class DistillConfig:
     latent_size: tuple[int, int] | None = None
     compile: bool = False
     guidance: float = 3.0
+    guidance_max_sigma: float | None = None  # teacher CFG only at sigma <= this (dmd.interval_guidance)
     critic_lr: float = 2e-4
     critic_ratio: int = 2
     warmup: int = 10
@@ -196,7 +197,8 @@ def make_ode_pairs(teacher: CausalWanModel, conditioner: TextConditioner, source
         idx = list(range(start, min(cfg.ode_pairs, start + batch)))
         p = [source.prompt(cfg.seed, -1, i) for i in idx]
         noise = torch.stack([torch.randn(shape, generator=sample_generator(cfg.seed, -1, i, "ode-noise")) for i in idx])
-        x0, kept = sample_ode(fn, noise, conditioner(p), conditioner.uncond(len(idx)), cfg.guidance, sigmas, levels)
+        x0, kept = sample_ode(fn, noise, conditioner(p), conditioner.uncond(len(idx)), cfg.guidance, sigmas, levels,
+                              cfg.guidance_max_sigma)
         noisy.append(torch.stack([kept[round(s, 6)] for s in levels], dim=1).half().cpu())
         clean.append(x0.half().cpu())
         prompts += p
@@ -238,7 +240,8 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
     shape = (c, cfg.latent_frames, h, w)
     chunk = stream.chunk_frames
     num_chunks = cfg.latent_frames // chunk
-    dmd_cfg = DMDConfig(cfg.guidance, cfg.min_step, cfg.max_step, cfg.shift)
+    dmd_cfg = DMDConfig(guidance=cfg.guidance, guidance_max_sigma=cfg.guidance_max_sigma, min_step=cfg.min_step,
+                        max_step=cfg.max_step, shift=cfg.shift)
     teacher_fn = maybe_compile(teacher, cfg.compile)
     critic_fn = maybe_compile(critic, cfg.compile)
 

@@ -113,7 +113,8 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
     chunk = stream.chunk_frames
     window_chunks = cfg.latent_frames // chunk
     max_chunks = max(window_chunks, cfg.rollout_frames // chunk)
-    dmd_cfg = DMDConfig(cfg.guidance, cfg.min_step, cfg.max_step, cfg.shift)
+    dmd_cfg = DMDConfig(guidance=cfg.guidance, guidance_max_sigma=cfg.guidance_max_sigma, min_step=cfg.min_step,
+                        max_step=cfg.max_step, shift=cfg.shift)
     teacher_fn = maybe_compile(teacher, cfg.compile)
     critic_fn = maybe_compile(critic, cfg.compile)
 

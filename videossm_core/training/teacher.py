@@ -6,7 +6,7 @@ predicts the flow ``eps - x0``, the loss is the MSE to it. ``s`` is drawn from t
 
 The demo text encoder is trained jointly (it starts random) and frozen afterwards. With probability
 ``prompt_dropout`` a clip's prompt is replaced by the empty prompt, so the teacher also learns the
-unconditional flow that classifier-free guidance needs (DMD's real score uses guidance 3).
+unconditional flow that classifier-free guidance needs (DMD's real score uses it, ``interval_guidance``).
 
 The run writes ``teacher.safetensors`` (EMA weights, ``save_generator`` format),
 ``text_encoder.safetensors`` (the EMA'd demo text encoder) and keeps the latent cache it trained on.
@@ -96,11 +96,30 @@ def ode_sigmas(num_steps: int, shift: float, include: list[float] = ()) -> list[
     return sorted(grid, reverse=True)
 
 
+def interval_guidance(guidance: float, sigma: Tensor, max_sigma: float | None) -> Tensor:
+    """Per-sample CFG scale ``[B]``: ``guidance`` where ``sigma <= max_sigma``, 1 (no guidance) above.
+
+    Guidance in a limited interval (Kynkaenniemi et al., 2024): at the highest noise levels, where the
+    layout is decided, CFG enlarges and exaggerates what the prompt names (the demo teacher's objects come
+    out 1.26x the world's area at guidance 4, 1.01x with guidance only below sigma 0.8, CARD.md), while
+    the binding of the prompt's words is done lower down. ``None`` guides at every level."""
+    scale = torch.full_like(sigma.float(), float(guidance))
+    if max_sigma is None:
+        return scale
+    return torch.where(sigma.float() <= max_sigma, scale, torch.ones_like(scale))
+
+
 def guided_flow(model_fn: Callable[..., Tensor], x: Tensor, timestep: Tensor, cond: Tensor, uncond: Tensor | None,
-                guidance: float) -> Tensor:
-    """Classifier-free-guided flow ``v_u + g (v_c - v_u)`` (one batched pass for both branches)."""
-    if uncond is None or guidance == 1.0:
+                guidance: float | Tensor) -> Tensor:
+    """Classifier-free-guided flow ``v_u + g (v_c - v_u)`` (one batched pass for both branches).
+
+    ``guidance`` is one scale or a per-sample ``[B]`` one (``interval_guidance``)."""
+    if uncond is None or (not torch.is_tensor(guidance) and guidance == 1.0):
         return model_fn(x, timestep, cond).float()
+    if torch.is_tensor(guidance):
+        if bool((guidance == 1.0).all()):
+            return model_fn(x, timestep, cond).float()
+        guidance = guidance.to(x.device, torch.float32).view(-1, *([1] * (x.ndim - 1)))
     both = model_fn(torch.cat([x, x]), torch.cat([timestep, timestep]), torch.cat([cond, uncond])).float()
     v_c, v_u = both.chunk(2)
     return v_u + guidance * (v_c - v_u)
@@ -108,10 +127,12 @@ def guided_flow(model_fn: Callable[..., Tensor], x: Tensor, timestep: Tensor, co
 
 @torch.no_grad()
 def sample_ode(model_fn: Callable[..., Tensor], noise: Tensor, cond: Tensor, uncond: Tensor | None,
-               guidance: float, sigmas: list[float], keep: list[float] = ()) -> tuple[Tensor, dict[float, Tensor]]:
+               guidance: float, sigmas: list[float], keep: list[float] = (),
+               guidance_max_sigma: float | None = None) -> tuple[Tensor, dict[float, Tensor]]:
     """Euler integration of the flow ODE ``dx/ds = v`` from ``sigmas[0]`` (= 1, pure noise) to 0.
 
-    Returns the final sample and the states at the noise levels in ``keep`` (which must be grid points).
+    Guidance applies at noise levels up to ``guidance_max_sigma`` (all when None). Returns the final
+    sample and the states at the noise levels in ``keep`` (which must be grid points).
     """
     x = noise.float().to(cond.device)
     kept: dict[float, Tensor] = {}
@@ -120,7 +141,8 @@ def sample_ode(model_fn: Callable[..., Tensor], noise: Tensor, cond: Tensor, unc
         if round(s, 6) in keep_r:
             kept[round(s, 6)] = x.clone()
         t = torch.full((x.shape[0], x.shape[2]), s * 1000.0, device=x.device)
-        v = guided_flow(model_fn, x, t, cond, uncond, guidance)
+        scale = interval_guidance(guidance, torch.full((x.shape[0],), s), guidance_max_sigma)
+        v = guided_flow(model_fn, x, t, cond, uncond, scale)
         x = x + (s_next - s) * v
     return x, kept
 
