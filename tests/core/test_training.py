@@ -86,6 +86,27 @@ def test_vae_training_lowers_loss_and_stores_latent_statistics(tmp_path):
     assert vae.z_dim == 4 and not torch.allclose(vae.latents_std, torch.ones(4))  # measured, not identity
 
 
+def test_decoder_tune_lowers_loss_and_leaves_the_latent_space_alone(tmp_path):
+    """``vae-decoder``: only ``post_quant_conv`` and the decoder learn, so the encoder, its latent statistics
+    (what a teacher trained on the old latents relies on) and therefore every latent stay as they were."""
+    from videossm_core.training.vae_training import DecoderTuneConfig, tune_decoder
+    from videossm_core.vae import build_vae, save_vae
+
+    small = small_vae_config(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1])
+    save_vae(build_vae(small), tmp_path / "base.safetensors")
+    before = load_vae(tmp_path / "base.safetensors")
+    cfg = DecoderTuneConfig(workdir=str(tmp_path / "tuned"), vae=str(tmp_path / "base.safetensors"), steps=6,
+                            batch_size=2, lr=2e-3, warmup=0, min_lr_ratio=1.0, frames=5, height=16, width=16,
+                            crop=None, fixed_batch=True, eval_clips=0, checkpoint_every=0, log_every=1)
+    summary = tune_decoder(cfg, DistEnv(), _quiet_log(tmp_path / "tuned"))
+    assert summary["losses"][-1] < summary["losses"][0]
+    after = load_vae(tmp_path / "tuned" / "vae.safetensors")
+    old, new = before.model.state_dict(), after.model.state_dict()
+    changed = {k.split(".")[0] for k in old if not torch.equal(old[k], new[k])}
+    assert changed == {"decoder", "post_quant_conv"}
+    assert torch.equal(before.latents_mean, after.latents_mean) and torch.equal(before.latents_std, after.latents_std)
+
+
 def test_teacher_lowers_loss_on_a_fixed_batch(tmp_path):
     cfg = TeacherTrainConfig(workdir=str(tmp_path), steps=10, batch_size=2, lr=2e-3, warmup=0, min_lr_ratio=1.0,
                              latent_frames=9, fixed_batch=True, checkpoint_every=0, log_every=1, eval_clips=0)
