@@ -112,7 +112,7 @@ def main() -> None:
     from videossm_core.demo.bundle import load_demo_bundle
     from videossm_core.generate import generate_video
     from videossm_core.schedule import chunk_start_frame, parse_schedule
-    from videossm_core.training.evaluate import chunk_measure, matches, object_statistics, shape_confusion
+    from videossm_core.training.evaluate import chunk_measure, matches, objects_beside_world, shape_confusion
     from videossm_core.video_io import read_video
 
     bundle = load_demo_bundle(directory=args.weights)
@@ -159,7 +159,6 @@ def main() -> None:
     world_clips = world_renders([(e.prompt, b - a) for e, a, b in zip(schedule.entries, starts, starts[1:])],
                                 height, width)
     world_minute = mean_dynamic_degree_per_minute(world_clips, fps)
-    objects, world_objects = object_statistics([frames]), object_statistics(world_clips)
     world_ratio = [d / world_minute[0] for d in world_minute]
     dd_vs_world = [r / w if w > 0 else float("inf") for r, w in zip(dd_ratio, world_ratio)]
     steady = [r for r in rows if r["since_switch"] is None or r["since_switch"] >= 2]
@@ -181,9 +180,7 @@ def main() -> None:
         "dynamic_degree_vs_world_within_50pct": all(0.5 <= r <= 1.5 for r in dd_vs_world),
         # Drift out of the world's distribution that the dynamic degree does not see: objects pushed past a
         # frame edge (which the world's motions do not do) or drawn larger than the world draws them.
-        "objects_cut_by_frame_edge": round(objects["cut_by_edge"], 4),
-        "world_objects_cut_by_frame_edge": round(world_objects["cut_by_edge"], 4),
-        "object_area_vs_world": round(objects["area"] / world_objects["area"], 3) if world_objects["area"] else None,
+        **objects_beside_world([frames], world_clips),
         # Where the shape misses come from: per prompted shape, how many chunks drew each shape ("none": no
         # shape could be read). The schedule is random, so the prompted shapes are not equally frequent.
         "drawn_shape_by_prompted_shape": shape_confusion((r["prompted_shape"], r["drawn_shape"]) for r in rows),
@@ -196,8 +193,9 @@ def main() -> None:
           f"{figures['world_dynamic_degree_ratio_to_first_minute']}")
     print(f"dynamic degree ratio / the world's ratio (drift apart from the prompted motions): "
           f"{figures['dynamic_degree_ratio_vs_world']}")
-    print(f"objects cut by a frame edge: {objects['cut_by_edge']:.1%} of frames (the world's own: "
-          f"{world_objects['cut_by_edge']:.1%}); object area / the world's: {figures['object_area_vs_world']}")
+    print(f"objects cut by a frame edge: {figures['objects_cut_by_frame_edge']:.1%} of frames (the world's own: "
+          f"{figures['world_objects_cut_by_frame_edge']:.1%}); object area / the world's: "
+          f"{figures['object_area_vs_world']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

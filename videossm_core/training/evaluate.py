@@ -71,6 +71,15 @@ def object_statistics(clips: list[np.ndarray], stride: int = 4) -> dict[str, flo
             "area": float(np.mean(whole)) if whole else 0.0}
 
 
+def objects_beside_world(clips: list[np.ndarray], world_clips: list[np.ndarray], stride: int = 4) -> dict[str, Any]:
+    """``object_statistics`` of generated ``clips`` beside the world's own renders of the same prompts:
+    ``objects_cut_by_frame_edge``, ``world_objects_cut_by_frame_edge`` and ``object_area_vs_world``."""
+    objects, world_objects = object_statistics(clips, stride), object_statistics(world_clips, stride)
+    return {"objects_cut_by_frame_edge": round(objects["cut_by_edge"], 4),
+            "world_objects_cut_by_frame_edge": round(world_objects["cut_by_edge"], 4),
+            "object_area_vs_world": round(objects["area"] / world_objects["area"], 3) if world_objects["area"] else None}
+
+
 @torch.no_grad()
 def evaluate_teacher(model, text_encoder, vae, num_clips: int, latent_shape: tuple[int, int, int, int],
                      seed: int = 0, guidance: float = 3.0, steps: int = 16, shift: float = 5.0,
@@ -98,12 +107,9 @@ def evaluate_teacher(model, text_encoder, vae, num_clips: int, latent_shape: tup
         drawn.append((world.parse_prompt(prompt).shape, measure["shape"]))
     num_frames, height, width = frames.shape[1:4]
     renders = [world.render_clip(p, num_frames, height, width, seed=seed + i)[0] for i, p in enumerate(prompts)]
-    objects, world_objects = object_statistics(list(frames), stride=2), object_statistics(renders, stride=2)
     return {**{f"{k}_accuracy": hits[k] / num_clips for k in ("colour", "shape", "background")},
             "drawn_shape_by_prompted_shape": shape_confusion(drawn),
-            "object_area_vs_world": round(objects["area"] / world_objects["area"], 3) if world_objects["area"] else None,
-            "objects_cut_by_frame_edge": round(objects["cut_by_edge"], 4),
-            "world_objects_cut_by_frame_edge": round(world_objects["cut_by_edge"], 4)}
+            **objects_beside_world(list(frames), renders, stride=2)}
 
 
 @torch.no_grad()
