@@ -212,8 +212,34 @@ def test_dmd_real_score_is_guided_only_for_samples_inside_the_interval():
     assert torch.allclose(grad(guidance=4.0, guidance_max_sigma=1.0), guided)
 
 
+def test_dmd_trainer_updates_the_critic_every_step_and_the_generator_only_when_due():
+    """Stages 1 and 2 share ``DMDTrainer``: a generator step moves both models, a critic-only step moves the
+    critic alone and logs the latest generator update's numbers again beside its own critic loss."""
+    from videossm_core.training.dmd import DMDConfig, DMDTrainer
+
+    base = torch.randn(2, 2, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    scale, critic_weight = torch.nn.Parameter(torch.ones(())), torch.nn.Parameter(torch.full((), 0.5))
+    trainer = DMDTrainer(_prompt_flow, lambda x, t, c: critic_weight * x, DMDConfig(), DistEnv(), 1.0,
+                         torch.optim.SGD([scale], lr=0.1), [scale], torch.optim.SGD([critic_weight], lr=0.1),
+                         [critic_weight])
+    cond, uncond = torch.ones(2, 1, 1), torch.zeros(2, 1, 1)
+
+    first = trainer.step(scale * base, cond, uncond, 0, 0, [0, 1], update_generator=True)
+    scale_after, critic_after = scale.item(), critic_weight.item()
+    assert scale_after != 1.0 and critic_after != 0.5
+    assert set(first) == {"dmd_loss", "dmd_gap", "dmd_sigma", "grad_norm", "critic_loss"}
+
+    with torch.no_grad():
+        rollout = scale * base
+    second = trainer.step(rollout, cond, uncond, 0, 1, [0, 1], update_generator=False)
+    assert scale.item() == scale_after and critic_weight.item() != critic_after
+    assert {k: v for k, v in second.items() if k != "critic_loss"} == \
+        {k: v for k, v in first.items() if k != "critic_loss"}
+    assert second["critic_loss"] != first["critic_loss"]
+
+
 def test_guidance_max_sigma_reaches_the_dmd_of_stages_1_and_2(tmp_path, monkeypatch):
-    from videossm_core.training import stage2 as stage2_module
+    from videossm_core.training import dmd as dmd_module
     from videossm_core.training.cli import _distill_common, build_parser
 
     base = ["--workdir", str(tmp_path), "--teacher", "t"]
@@ -223,8 +249,8 @@ def test_guidance_max_sigma_reaches_the_dmd_of_stages_1_and_2(tmp_path, monkeypa
         assert _distill_common(args)["guidance_max_sigma"] == 0.8
 
     seen = []
-    real = stage2_module.dmd_loss
-    monkeypatch.setattr(stage2_module, "dmd_loss", lambda x0, t, c, *a: seen.append(a[2]) or real(x0, t, c, *a))
+    real = dmd_module.dmd_loss
+    monkeypatch.setattr(dmd_module, "dmd_loss", lambda x0, t, c, *a: seen.append(a[2]) or real(x0, t, c, *a))
     train_stage2(_stage2_cfg(tmp_path, steps=1, guidance_max_sigma=0.8), DistEnv(), teacher=make_tiny_model(seed=1),
                  student=make_tiny_model(seed=1), critic=make_tiny_model(seed=1), conditioner=_conditioner(),
                  log=_quiet_log(tmp_path))

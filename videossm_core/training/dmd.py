@@ -11,6 +11,8 @@ For the student's clean output ``x0`` (a window of latent frames, with graph):
    ``0.5 * mse(x0, (x0 - grad).detach())`` whose gradient w.r.t. ``x0`` is ``grad / numel``.
 
 The critic learns the student's distribution with the ordinary flow-matching loss on ``x0.detach()``.
+``DMDTrainer`` is one training step of both (the generator every ``critic_ratio``-th step, the critic every
+step), shared by stage 1 and stage 2.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .distributed import per_sample_rand, per_sample_randn
+from .common import optimizer_step
+from .distributed import DistEnv, mean_across_ranks, per_sample_rand, per_sample_randn
 from .teacher import guided_flow, interval_guidance, shifted_sigma
 
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, timestep [B, F], context) -> flow
@@ -78,3 +81,37 @@ def critic_loss(x0: Tensor, critic: ModelFn, cond: Tensor, cfg: DMDConfig, seed:
     x_t, timestep, _ = _noised(x0, sigma, noise)
     pred = critic(x_t, timestep, cond).float()
     return (pred - (noise - x0)).pow(2).mean()
+
+
+class DMDTrainer:
+    """The generator's DMD update and the critic's update on one student rollout, with their optimizers.
+
+    ``step`` returns the numbers to log; on steps without a generator update it repeats the latest one's,
+    since log lines fall on any step."""
+
+    def __init__(self, teacher: ModelFn, critic: ModelFn, cfg: DMDConfig, env: DistEnv, grad_clip: float | None,
+                 generator_opt: torch.optim.Optimizer, generator_params: list[torch.nn.Parameter],
+                 critic_opt: torch.optim.Optimizer, critic_params: list[torch.nn.Parameter]):
+        self.teacher, self.critic, self.cfg, self.env, self.grad_clip = teacher, critic, cfg, env, grad_clip
+        self.generator_opt, self.generator_params = generator_opt, generator_params
+        self.critic_opt, self.critic_params = critic_opt, critic_params
+        self.last_generator: dict[str, float] = {}
+
+    def step(self, x0: Tensor, cond: Tensor, uncond: Tensor, seed: int, step: int, indices: Sequence[int],
+             update_generator: bool) -> dict[str, float]:
+        """``x0 [B, C, F, h, w]``: the rollout, with graph when ``update_generator``."""
+        record: dict[str, float] = {}
+        if update_generator:
+            loss, parts = dmd_loss(x0, self.teacher, self.critic, cond, uncond, self.cfg, seed, step, indices)
+            loss.backward()
+            record["grad_norm"] = optimizer_step(self.generator_opt, self.generator_params, self.env, self.grad_clip)
+            record["dmd_loss"] = mean_across_ranks(float(loss.detach()), self.env)
+            record.update(parts)
+            self.last_generator = dict(record)
+        else:
+            record.update(self.last_generator)
+        closs = critic_loss(x0, self.critic, cond, self.cfg, seed, step, indices)
+        closs.backward()
+        optimizer_step(self.critic_opt, self.critic_params, self.env, self.grad_clip)
+        record["critic_loss"] = mean_across_ranks(float(closs.detach()), self.env)
+        return record

@@ -36,7 +36,7 @@ from .common import config_dict, lr_at, make_adamw, maybe_compile, optimizer_ste
 from .data import FilePrompts, PromptSource, TextConditioner, WorldPrompts
 from .distributed import (DistEnv, mean_across_ranks, per_sample_randn, resolve_device, sample_generator,
                           step_generator)
-from .dmd import DMDConfig, critic_loss, dmd_loss
+from .dmd import DMDConfig, DMDTrainer
 from .rollout import RolloutConfig, SelfRollout
 from .teacher import ode_sigmas, sample_ode
 
@@ -242,8 +242,8 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
     num_chunks = cfg.latent_frames // chunk
     dmd_cfg = DMDConfig(guidance=cfg.guidance, guidance_max_sigma=cfg.guidance_max_sigma, min_step=cfg.min_step,
                         max_step=cfg.max_step, shift=cfg.shift)
-    teacher_fn = maybe_compile(teacher, cfg.compile)
-    critic_fn = maybe_compile(critic, cfg.compile)
+    dmd = DMDTrainer(maybe_compile(teacher, cfg.compile), maybe_compile(critic, cfg.compile), dmd_cfg, env,
+                     cfg.grad_clip, gen_opt, student_params, critic_opt, critic_params)
 
     ode_steps = cfg.ode_steps if cfg.ode_pairs > 0 else 0
     total = ode_steps + cfg.steps
@@ -267,7 +267,6 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
         pairs = torch.load(pairs_path, weights_only=True)
 
     history: dict[str, list[float]] = {"ode": [], "dmd": [], "critic": []}
-    last_generator: dict[str, float] = {}
     t0 = time.time()
     while step < total and (cfg.stop_after is None or step < cfg.stop_after):
         data_step = 0 if cfg.fixed_batch else step
@@ -303,20 +302,9 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
             with torch.set_grad_enabled(update_generator):
                 x0 = rollout.run_chunks(state, num_chunks, noise, exits, grad=True)
             record["phase"] = "dmd"
+            record.update(dmd.step(x0, cond, uncond, cfg.seed, data_step, idx, update_generator))
             if update_generator:
-                loss, parts = dmd_loss(x0, teacher_fn, critic_fn, cond, uncond, dmd_cfg, cfg.seed, data_step, idx)
-                loss.backward()
-                record["grad_norm"] = optimizer_step(gen_opt, student_params, env, cfg.grad_clip)
-                record["dmd_loss"] = mean_across_ranks(float(loss.detach()), env)
-                record.update(parts)
                 history["dmd"].append(record["dmd_loss"])
-                last_generator = {k: record[k] for k in ("dmd_loss", "dmd_gap", "dmd_sigma", "grad_norm")}
-            else:  # log lines fall on any step: carry the latest generator update's numbers
-                record.update(last_generator)
-            closs = critic_loss(x0, critic_fn, cond, dmd_cfg, cfg.seed, data_step, idx)
-            closs.backward()
-            optimizer_step(critic_opt, critic_params, env, cfg.grad_clip)
-            record["critic_loss"] = mean_across_ranks(float(closs.detach()), env)
             record["exit_step"] = exits[0]
             history["critic"].append(record["critic_loss"])
         step += 1

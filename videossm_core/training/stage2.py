@@ -30,10 +30,10 @@ import torch
 from ..model.transformer import CausalWanModel
 from ..state import StreamState
 from .checkpointing import LossLog, resume_latest, save_checkpoint, save_generator
-from .common import config_dict, lr_at, make_adamw, optimizer_step, set_lr, maybe_compile
+from .common import config_dict, lr_at, make_adamw, maybe_compile, set_lr
 from .data import TextConditioner
-from .distributed import DistEnv, mean_across_ranks, resolve_device, step_generator
-from .dmd import DMDConfig, critic_loss, dmd_loss
+from .distributed import DistEnv, resolve_device, step_generator
+from .dmd import DMDConfig, DMDTrainer
 from .rollout import RolloutConfig, SelfRollout
 from .stage1 import (DistillConfig, evaluate_student, exit_steps, frozen, latent_size, load_any_model,
                      load_conditioner, noise_fn_for, prompt_source, sampling_config, stream_config)
@@ -115,15 +115,14 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
     max_chunks = max(window_chunks, cfg.rollout_frames // chunk)
     dmd_cfg = DMDConfig(guidance=cfg.guidance, guidance_max_sigma=cfg.guidance_max_sigma, min_step=cfg.min_step,
                         max_step=cfg.max_step, shift=cfg.shift)
-    teacher_fn = maybe_compile(teacher, cfg.compile)
-    critic_fn = maybe_compile(critic, cfg.compile)
+    dmd = DMDTrainer(maybe_compile(teacher, cfg.compile), maybe_compile(critic, cfg.compile), dmd_cfg, env,
+                     cfg.grad_clip, gen_opt, trained, critic_opt, critic_params)
 
     step, local = resume_latest(workdir, env, log, {"student": student, "critic": critic, "gen_opt": gen_opt,
                                                      "critic_opt": critic_opt})
     carried: CarriedRollout | None = local.get("carried")  # this rank's rollout, continued across windows
 
     history: dict[str, list[float]] = {"dmd": [], "critic": []}
-    last_generator: dict[str, float] = {}
     t0 = time.time()
     while step < cfg.steps and (cfg.stop_after is None or step < cfg.stop_after):
         data_step = 0 if cfg.fixed_batch else step
@@ -148,20 +147,9 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
         window_start = state.next_frame
         with torch.set_grad_enabled(update_generator):
             x0 = rollout.run_chunks(state, window_chunks, noise, exits, grad=True)
+        record.update(dmd.step(x0, cond, uncond, cfg.seed, data_step, idx, update_generator))
         if update_generator:
-            loss, parts = dmd_loss(x0, teacher_fn, critic_fn, cond, uncond, dmd_cfg, cfg.seed, data_step, idx)
-            loss.backward()
-            record["grad_norm"] = optimizer_step(gen_opt, trained, env, cfg.grad_clip)
-            record["dmd_loss"] = mean_across_ranks(float(loss.detach()), env)
-            record.update(parts)
             history["dmd"].append(record["dmd_loss"])
-            last_generator = {k: record[k] for k in ("dmd_loss", "dmd_gap", "dmd_sigma", "grad_norm")}
-        else:  # log lines fall on any step: carry the latest generator update's numbers
-            record.update(last_generator)
-        closs = critic_loss(x0, critic_fn, cond, dmd_cfg, cfg.seed, data_step, idx)
-        closs.backward()
-        optimizer_step(critic_opt, critic_params, env, cfg.grad_clip)
-        record["critic_loss"] = mean_across_ranks(float(closs.detach()), env)
         history["critic"].append(record["critic_loss"])
         SelfRollout.detach_state(state)  # truncated BPTT: nothing carried keeps a graph
         carried.chunks_done += window_chunks
