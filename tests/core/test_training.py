@@ -240,13 +240,14 @@ def test_dmd_trainer_updates_the_critic_every_step_and_the_generator_only_when_d
 
 def test_guidance_max_sigma_reaches_the_dmd_of_stages_1_and_2(tmp_path, monkeypatch):
     from videossm_core.training import dmd as dmd_module
-    from videossm_core.training.cli import _distill_common, build_parser
+    from videossm_core.training.cli import build_parser, distill_config
 
     base = ["--workdir", str(tmp_path), "--teacher", "t"]
-    assert _distill_common(build_parser().parse_args(["stage2", *base, "--student", "s"]))["guidance_max_sigma"] is None
-    for stage in (["stage1"], ["stage2", "--student", "s"]):
+    args = build_parser().parse_args(["stage2", *base, "--student", "s"])
+    assert distill_config(Stage2Config, args).guidance_max_sigma is None
+    for stage, config_cls in ((["stage1"], Stage1Config), (["stage2", "--student", "s"], Stage2Config)):
         args = build_parser().parse_args([*stage, *base, "--guidance-max-sigma", "0.8"])
-        assert _distill_common(args)["guidance_max_sigma"] == 0.8
+        assert distill_config(config_cls, args).guidance_max_sigma == 0.8
 
     seen = []
     real = dmd_module.dmd_loss

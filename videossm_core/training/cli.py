@@ -256,99 +256,64 @@ def _env():
     return init_distributed()
 
 
+def config_from_args(config_cls, args, **overrides):
+    """``config_cls`` (a dataclass) from the parsed arguments named like its fields, then ``overrides``."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return config_cls(**{**{k: v for k, v in vars(args).items() if k in names}, **overrides})
+
+
+def _train(args, stage: str, train_fn, cfg) -> int:
+    """Run one training stage (``train_fn(cfg, env)``) and write its summary."""
+    env = _env()
+    t0 = time.time()
+    summary = train_fn(cfg, env)
+    _finish(args.workdir, env, stage, t0, summary)
+    return 0
+
+
 def cmd_vae(args) -> int:
     from .vae_training import VAETrainConfig, train_vae
 
-    env = _env()
-    cfg = VAETrainConfig(workdir=args.workdir, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                         image_steps=args.image_steps, image_batch_size=args.image_batch_size, video_lr=args.video_lr,
-                         ring=args.ring, init=args.init,
-                         seed=args.seed, crop=args.crop or None, full_frame_every=args.full_frame_every,
-                         frames=args.frames, height=args.size, width=args.size, kl_weight=args.kl_weight,
-                         fg_weight=args.fg_weight, eval_clips=args.eval_clips,
-                         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                         fixed_batch=args.fixed_batch, stop_after=args.stop_after)
-    t0 = time.time()
-    summary = train_vae(cfg, env)
-    _finish(args.workdir, env, "vae", t0, summary)
-    return 0
+    cfg = config_from_args(VAETrainConfig, args, crop=args.crop or None, height=args.size, width=args.size)
+    return _train(args, "vae", train_vae, cfg)
 
 
 def cmd_vae_decoder(args) -> int:
     from .vae_training import DecoderTuneConfig, tune_decoder
 
-    env = _env()
-    cfg = DecoderTuneConfig(workdir=args.workdir, vae=args.vae, steps=args.steps, batch_size=args.batch_size,
-                            lr=args.lr, seed=args.seed, frames=args.frames, crop=args.crop or None,
-                            latent_noise=args.latent_noise, eval_clips=args.eval_clips,
-                            checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                            fixed_batch=args.fixed_batch, stop_after=args.stop_after)
-    t0 = time.time()
-    summary = tune_decoder(cfg, env)
-    _finish(args.workdir, env, "vae-decoder", t0, summary)
-    return 0
+    return _train(args, "vae-decoder", tune_decoder, config_from_args(DecoderTuneConfig, args, crop=args.crop or None))
 
 
 def teacher_config(args):
     """The parsed ``teacher`` arguments as a ``TeacherTrainConfig``."""
     from .teacher import TeacherTrainConfig
 
-    return TeacherTrainConfig(workdir=args.workdir, vae=args.vae, preset=args.preset, steps=args.steps,
-                              batch_size=args.batch_size, lr=args.lr, seed=args.seed, clips=args.clips,
-                              clip_latent_frames=args.clip_latent_frames, latent_frames=args.latent_frames,
-                              prompt_dropout=args.prompt_dropout, shift=args.shift, ema=args.ema,
-                              compile=args.compile, object_weight=args.object_weight,
-                              object_dilate=args.object_dilate, checkpoint_every=args.checkpoint_every,
-                              log_every=args.log_every, fixed_batch=args.fixed_batch, init=args.init,
-                              stop_after=args.stop_after, device=args.device)
+    return config_from_args(TeacherTrainConfig, args)
 
 
 def cmd_teacher(args) -> int:
     from .teacher import train_teacher
 
-    env = _env()
-    t0 = time.time()
-    summary = train_teacher(teacher_config(args), env)
-    _finish(args.workdir, env, "teacher", t0, summary)
-    return 0
+    return _train(args, "teacher", train_teacher, teacher_config(args))
 
 
-def _distill_common(args) -> dict[str, Any]:
-    return dict(workdir=args.workdir, teacher=args.teacher, steps=args.steps, batch_size=args.batch_size,
-                lr=args.lr, seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                fixed_batch=args.fixed_batch, stop_after=args.stop_after, text_encoder=args.text_encoder,
-                prompts=args.prompts,
-                latent_frames=args.latent_frames,
-                latent_size=tuple(args.latent_size) if args.latent_size else None,
-                compile=args.compile, guidance=args.guidance,
-                guidance_max_sigma=args.guidance_max_sigma, critic_lr=args.critic_lr, eval_vae=args.eval_vae,
-                critic_ratio=args.critic_ratio, device=args.device)
+def distill_config(config_cls, args):
+    """The parsed ``stage1``/``stage2`` arguments as ``config_cls``."""
+    return config_from_args(config_cls, args, latent_size=tuple(args.latent_size) if args.latent_size else None)
 
 
 def cmd_stage1(args) -> int:
     from .stage1 import Stage1Config, train_stage1
 
-    env = _env()
-    cfg = Stage1Config(**_distill_common(args), student=args.student, ode_pairs=args.ode_pairs,
-                       ode_steps=args.ode_steps, ode_lr=args.ode_lr, ode_solver_steps=args.ode_solver_steps,
-                       same_exit_step=args.same_exit_step)
-    t0 = time.time()
-    summary = train_stage1(cfg, env)
-    _finish(args.workdir, env, "stage1", t0, summary)
-    return 0
+    return _train(args, "stage1", train_stage1, distill_config(Stage1Config, args))
 
 
 def cmd_stage2(args) -> int:
     from .stage2 import Stage2Config, train_stage2
 
-    env = _env()
-    cfg = Stage2Config(**_distill_common(args), student=args.student, critic=args.critic,
-                       rollout_frames=args.rollout_frames, switch_prob=args.switch_prob,
-                       base_lr_scale=args.base_lr_scale)
-    t0 = time.time()
-    summary = train_stage2(cfg, env)
-    _finish(args.workdir, env, "stage2", t0, summary)
-    return 0
+    return _train(args, "stage2", train_stage2, distill_config(Stage2Config, args))
 
 
 def cmd_export(args) -> int:
