@@ -372,6 +372,26 @@ def test_teacher_resume_continues_the_same_loss_curve(tmp_path):
     assert load_generator(tmp_path / "resumed" / "teacher.safetensors").state_dict().keys()
 
 
+def test_teacher_continued_from_another_run_carries_on_its_schedule_on_its_own_clips(tmp_path):
+    """``--continue-from``: a new run starts at the other run's newest checkpoint (weights, optimizer, EMA, step):
+    on the same clips its losses are that run's own continuation; on other clips it trains on those."""
+    def run(workdir, steps, dataset, continue_from=None):
+        cfg = TeacherTrainConfig(workdir=str(workdir), steps=steps, batch_size=2, lr=1e-3, warmup=1, latent_frames=9,
+                                 checkpoint_every=2, log_every=1, eval_clips=0,
+                                 continue_from=str(continue_from) if continue_from else None)
+        return train_teacher(cfg, DistEnv(), dataset=dataset, model_config=TINY, log=_quiet_log(workdir))
+
+    full = run(tmp_path / "full", 4, _dataset())
+    run(tmp_path / "first", 2, _dataset())
+    same_clips = run(tmp_path / "same", 4, _dataset(), continue_from=tmp_path / "first")
+    assert same_clips["losses"] == pytest.approx(full["losses"][2:], rel=1e-6)
+    other_clips = run(tmp_path / "other", 4, _dataset(n=5), continue_from=tmp_path / "first")
+    assert len(other_clips["losses"]) == 2 and other_clips["losses"] != pytest.approx(same_clips["losses"], rel=1e-3)
+    assert (tmp_path / "first" / "checkpoints" / "step_00000002").is_dir()  # the source run is left as it was
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        run(tmp_path / "orphan", 4, _dataset(), continue_from=tmp_path / "nothing-here")
+
+
 # ---------------------------------------------------------------------------------------------- export
 
 def test_export_writes_a_loadable_demo_bundle(tmp_path):

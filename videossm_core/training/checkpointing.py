@@ -93,6 +93,25 @@ def save_checkpoint(workdir: str | os.PathLike, step: int, env: DistEnv, shared:
     return final
 
 
+def continue_from_run(workdir: str | os.PathLike, source: str | os.PathLike, env: DistEnv) -> None:
+    """Start a new run from another run's newest checkpoint (its step, weights, optimizers, EMAs): copy that
+    checkpoint into ``workdir``, where ``resume_latest`` then picks it up. A run that already has checkpoints of
+    its own resumes from those instead (rerunning the same command continues it)."""
+    if latest_checkpoint(workdir) is not None:
+        return
+    src = latest_checkpoint(source)
+    if src is None:
+        raise FileNotFoundError(f"{source} holds no complete checkpoint to continue from: pass the run folder "
+                                "of a run that saved checkpoints (its checkpoints/step_* folders)")
+    if env.is_main:
+        root = checkpoint_root(workdir)
+        tmp = root / f"{src.name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        os.replace(tmp, root / src.name)
+    barrier(env)
+
+
 def _checkpoint_classes() -> list[type]:
     """The project's own plain-data classes a checkpoint may hold (stage 2 carries its rollout's
     stream state); ``weights_only`` loading accepts these and nothing else besides tensors and

@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--init", default=None, help="start from these teacher weights (load_model) instead of scratch")
+    p.add_argument("--continue-from", default=None,
+                   help="continue this teacher run's newest checkpoint (step, weights, optimizer, EMA) on this "
+                        "run's own clips (give a new --seed for new ones); --steps extends its schedule")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (each rank takes cuda:<local rank>)")
     p.set_defaults(func=cmd_teacher)
 

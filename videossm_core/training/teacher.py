@@ -27,7 +27,8 @@ from torch import Tensor
 from ..config import ModelConfig, get_preset
 from ..model.transformer import CausalWanModel
 from ..text import DemoTextEncoder
-from .checkpointing import EMA, LossLog, latest_checkpoint, resume_latest, save_checkpoint, save_generator
+from .checkpointing import (EMA, LossLog, continue_from_run, latest_checkpoint, resume_latest, save_checkpoint,
+                            save_generator)
 from .common import config_dict, lr_at, make_adamw, maybe_compile, optimizer_step, set_lr
 from .data import LatentDataset, cached_world_dataset, latent_object_masks
 from .distributed import DistEnv, mean_across_ranks, per_sample_rand, per_sample_randn, resolve_device
@@ -62,6 +63,9 @@ class TeacherTrainConfig:
     fixed_batch: bool = False
     stop_after: int | None = None  # end this process after this step (a run in slices; the schedule still spans all steps)
     init: str | None = None  # start the teacher from these weights (load_model) instead of scratch
+    # Continue another teacher run (its newest checkpoint: step, weights, optimizer, EMA) on this run's own
+    # clips (a new --seed draws new ones); --steps then extends that run's schedule.
+    continue_from: str | None = None
     device: str = "cpu"  # "cuda" picks cuda:<local rank>
     height: int = 64
     width: int = 64
@@ -222,6 +226,8 @@ def train_teacher(cfg: TeacherTrainConfig, env: DistEnv, dataset: LatentDataset 
     opt = make_adamw([{"params": params}, {"params": text_params, "lr_scale": cfg.text_lr_scale}], cfg.lr,
                      betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     ema_model, ema_text = EMA(model, cfg.ema), EMA(text_encoder, cfg.ema)
+    if cfg.continue_from:
+        continue_from_run(workdir, cfg.continue_from, env)
     step, _ = resume_latest(workdir, env, log, {"model": model, "text_encoder": text_encoder, "optimizer": opt,
                                                  "ema_model": ema_model, "ema_text": ema_text})
     forward = maybe_compile(model, cfg.compile)
