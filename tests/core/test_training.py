@@ -381,6 +381,11 @@ def test_teacher_continued_from_another_run_carries_on_its_schedule_on_its_own_c
                                  continue_from=str(continue_from) if continue_from else None)
         return train_teacher(cfg, DistEnv(), dataset=dataset, model_config=TINY, log=_quiet_log(workdir))
 
+    from videossm_core.training.cli import build_parser, teacher_config
+
+    args = build_parser().parse_args(["teacher", "--workdir", "w", "--vae", "v", "--continue-from", "runs/first"])
+    assert teacher_config(args).continue_from == "runs/first"
+
     full = run(tmp_path / "full", 4, _dataset())
     run(tmp_path / "first", 2, _dataset())
     same_clips = run(tmp_path / "same", 4, _dataset(), continue_from=tmp_path / "first")
