@@ -81,6 +81,10 @@ class DistillConfig:
     eval_pairs: int = 4
     device: str = "cpu"  # "cuda" picks cuda:<local rank>
 
+    def dmd_config(self) -> DMDConfig:
+        return DMDConfig(guidance=self.guidance, guidance_max_sigma=self.guidance_max_sigma, min_step=self.min_step,
+                         max_step=self.max_step, shift=self.shift)
+
 
 @dataclass
 class Stage1Config(DistillConfig):
@@ -240,9 +244,7 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
     shape = (c, cfg.latent_frames, h, w)
     chunk = stream.chunk_frames
     num_chunks = cfg.latent_frames // chunk
-    dmd_cfg = DMDConfig(guidance=cfg.guidance, guidance_max_sigma=cfg.guidance_max_sigma, min_step=cfg.min_step,
-                        max_step=cfg.max_step, shift=cfg.shift)
-    dmd = DMDTrainer(maybe_compile(teacher, cfg.compile), maybe_compile(critic, cfg.compile), dmd_cfg, env,
+    dmd = DMDTrainer(maybe_compile(teacher, cfg.compile), maybe_compile(critic, cfg.compile), cfg.dmd_config(), env,
                      cfg.grad_clip, gen_opt, student_params, critic_opt, critic_params)
 
     ode_steps = cfg.ode_steps if cfg.ode_pairs > 0 else 0

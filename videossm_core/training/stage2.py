@@ -33,7 +33,7 @@ from .checkpointing import LossLog, resume_latest, save_checkpoint, save_generat
 from .common import config_dict, lr_at, make_adamw, maybe_compile, set_lr
 from .data import TextConditioner
 from .distributed import DistEnv, resolve_device, step_generator
-from .dmd import DMDConfig, DMDTrainer
+from .dmd import DMDTrainer
 from .rollout import RolloutConfig, SelfRollout
 from .stage1 import (DistillConfig, evaluate_student, exit_steps, frozen, latent_size, load_any_model,
                      load_conditioner, noise_fn_for, prompt_source, sampling_config, stream_config)
@@ -113,9 +113,7 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
     chunk = stream.chunk_frames
     window_chunks = cfg.latent_frames // chunk
     max_chunks = max(window_chunks, cfg.rollout_frames // chunk)
-    dmd_cfg = DMDConfig(guidance=cfg.guidance, guidance_max_sigma=cfg.guidance_max_sigma, min_step=cfg.min_step,
-                        max_step=cfg.max_step, shift=cfg.shift)
-    dmd = DMDTrainer(maybe_compile(teacher, cfg.compile), maybe_compile(critic, cfg.compile), dmd_cfg, env,
+    dmd = DMDTrainer(maybe_compile(teacher, cfg.compile), maybe_compile(critic, cfg.compile), cfg.dmd_config(), env,
                      cfg.grad_clip, gen_opt, trained, critic_opt, critic_params)
 
     step, local = resume_latest(workdir, env, log, {"student": student, "critic": critic, "gen_opt": gen_opt,
