@@ -329,10 +329,13 @@ def test_two_process_gloo_run_matches_one_process_run(tmp_path):
         for key, values in single[stage].items():
             assert double[stage][key] == pytest.approx(values, rel=1e-4, abs=1e-6), (stage, key)
     # Parameters: float32 rounding differs with the per-process batch, and Adam's first steps
-    # (update ~ lr * g / |g|) amplify it for near-zero gradients; agreement within a fifth of one
-    # step (lr = 1e-3) is what a correct data-parallel run gives, a wrong one is off by whole steps.
+    # (update ~ lr * g / |g|) amplify it for the rare near-zero gradient, by up to a fraction of one step
+    # (lr = 1e-3; how much depends on the CPU's kernels). A correct data-parallel run agrees to 1e-5 almost
+    # everywhere and nowhere by half a step; a wrong one is off by whole steps nearly everywhere.
     for key, value in single["student"].items():
-        assert (double["student"][key] - value).abs().max() < 2e-4, key
+        diff = (double["student"][key] - value).abs()
+        assert diff.max() < 5e-4, key
+        assert int((diff > 1e-5).sum()) <= max(1, diff.numel() // 100), key
 
 
 # ---------------------------------------------------------------------------------------------- resume
