@@ -64,8 +64,8 @@ def _stage1_cfg(workdir, **kw) -> Stage1Config:
 
 def _stage2_cfg(workdir, **kw) -> Stage2Config:
     base = dict(workdir=str(workdir), steps=4, batch_size=2, lr=1e-3, critic_lr=1e-3, latent_frames=6,
-                latent_size=(4, 4), stream=dict(TINY_STREAM), rollout_frames=18, switch_prob=0.5,
-                critic_ratio=1, warmup=0, min_lr_ratio=1.0, base_lr_scale=0.3, checkpoint_every=0, log_every=1)
+                latent_size=(4, 4), stream=dict(TINY_STREAM), rollout_frames=18, router_horizon_frames=24,
+                switch_prob=0.5, critic_ratio=1, warmup=0, min_lr_ratio=1.0, base_lr_scale=0.3, checkpoint_every=0, log_every=1)
     base.update(kw)
     return Stage2Config(**base)
 
@@ -117,6 +117,38 @@ def test_teacher_lowers_loss_on_a_fixed_batch(tmp_path):
     DemoTextEncoder.load(tmp_path / "text_encoder.safetensors")
 
 
+def test_teacher_recovered_from_a_generator_starts_from_its_weights_and_keeps_its_text_encoder(tmp_path):
+    """``--init GENERATOR --init-text-encoder FILE``: the teacher starts from the generator's weights and reads
+    prompts with that generator's text encoder, unchanged, so it can teach that generator again."""
+    from videossm_core.training.cli import build_parser, teacher_config
+
+    args = build_parser().parse_args(["teacher", "--workdir", "w", "--vae", "v", "--init", "g.safetensors",
+                                      "--init-text-encoder", "t.safetensors"])
+    assert (teacher_config(args).init, teacher_config(args).init_text_encoder) == ("g.safetensors", "t.safetensors")
+
+    generator, encoder = make_tiny_model(seed=5), DemoTextEncoder(text_len=TINY.text_len, text_dim=TINY.text_dim, seed=7)
+    save_generator(generator, tmp_path / "generator.safetensors")
+    encoder.save(tmp_path / "encoder.safetensors")
+
+    def run(workdir, lr):
+        cfg = TeacherTrainConfig(workdir=str(workdir), steps=6, batch_size=2, lr=lr, warmup=0, min_lr_ratio=1.0,
+                                 latent_frames=9, fixed_batch=True, checkpoint_every=0, log_every=1, eval_clips=0,
+                                 init=str(tmp_path / "generator.safetensors"),
+                                 init_text_encoder=str(tmp_path / "encoder.safetensors"))
+        return train_teacher(cfg, DistEnv(), dataset=_dataset(), log=_quiet_log(workdir))
+
+    run(tmp_path / "still", lr=0.0)  # nothing trained: the teacher is the generator itself
+    still = load_generator(tmp_path / "still" / "teacher.safetensors").state_dict()
+    assert all(torch.equal(still[k], v) for k, v in generator.state_dict().items())
+
+    summary = run(tmp_path / "trained", lr=2e-3)
+    assert summary["losses"][-1] < summary["losses"][0]
+    trained = load_generator(tmp_path / "trained" / "teacher.safetensors").state_dict()
+    assert not torch.equal(trained["blocks.0.self_attn.q.weight"], generator.state_dict()["blocks.0.self_attn.q.weight"])
+    kept = DemoTextEncoder.load(tmp_path / "trained" / "text_encoder.safetensors").state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in encoder.state_dict().items())
+
+
 def test_stage1_ode_warm_start_and_dmd_lower_their_losses(tmp_path):
     cfg = _stage1_cfg(tmp_path, fixed_batch=True, steps=5, ode_steps=5)
     summary = train_stage1(cfg, DistEnv(), teacher=make_tiny_model(seed=1), conditioner=_conditioner(),
@@ -144,6 +176,59 @@ def test_stage2_lowers_its_losses_and_trains_the_memory(tmp_path):
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     # the read path and the write gates (reached through the re-done eviction write) both learn
     assert any("out_gate" in k for k in changed) and any("alpha_proj" in k for k in changed), changed
+
+
+def test_critic_warmup_trains_the_critic_alone_before_the_first_generator_update(tmp_path):
+    """``--critic-warmup N``: the first N DMD steps move only the critic; then the generator every
+    ``critic_ratio``-th step, as without a warm-up."""
+    from videossm_core.training.cli import build_parser, distill_config
+
+    for stage in ("stage1", "stage2"):
+        args = build_parser().parse_args([stage, "--workdir", "w", "--teacher", "t", "--student", "s",
+                                          "--critic-warmup", "5"])
+        assert distill_config(Stage2Config if stage == "stage2" else Stage1Config, args).critic_warmup == 5
+    cfg = _stage2_cfg(tmp_path, critic_warmup=3, critic_ratio=2)
+    assert [s for s in range(10) if cfg.generator_due(s)] == [3, 5, 7, 9]
+    assert [s for s in range(6) if _stage2_cfg(tmp_path).generator_due(s)] == [0, 1, 2, 3, 4, 5]
+
+    def run(workdir, steps):
+        student, critic = make_tiny_model(seed=1), make_tiny_model(seed=1)
+        before = {k: v.clone() for k, v in student.state_dict().items()}
+        critic_before = {k: v.clone() for k, v in critic.state_dict().items()}
+        summary = train_stage2(_stage2_cfg(workdir, steps=steps, critic_warmup=2), DistEnv(),
+                               teacher=make_tiny_model(seed=1), student=student, critic=critic,
+                               conditioner=_conditioner(), log=_quiet_log(workdir))
+        moved = lambda model, old: any(not torch.equal(old[k], v) for k, v in model.state_dict().items())
+        return summary, moved(student, before), moved(critic, critic_before)
+
+    summary, student_moved, critic_moved = run(tmp_path / "warm", steps=2)
+    assert (student_moved, critic_moved) == (False, True) and summary["history"]["dmd"] == []
+    summary, student_moved, _ = run(tmp_path / "then", steps=3)
+    assert student_moved and len(summary["history"]["dmd"]) == 1
+
+
+def test_stage2_router_horizon_is_the_rollout_length_unless_given(tmp_path, monkeypatch):
+    """Generation sets the router's T to the video's length; stage 2 sets it to the rollout's, so the router is
+    trained over the relative positions (0..1) it meets when generating. ``--router-horizon-frames`` overrides."""
+    from videossm_core.training import stage2 as stage2_module
+    from videossm_core.training.cli import build_parser, distill_config
+
+    seen = []
+
+    class Recording(stage2_module.SelfRollout):
+        def __init__(self, model, config):
+            seen.append(config.stream.router_horizon_frames)
+            super().__init__(model, config)
+
+    monkeypatch.setattr(stage2_module, "SelfRollout", Recording)
+    for workdir, horizon in (("own", None), ("given", 240)):
+        train_stage2(_stage2_cfg(tmp_path / workdir, steps=1, rollout_frames=18, router_horizon_frames=horizon),
+                     DistEnv(), teacher=make_tiny_model(seed=1), student=make_tiny_model(seed=1),
+                     critic=make_tiny_model(seed=1), conditioner=_conditioner(), log=_quiet_log(tmp_path / workdir))
+    assert seen == [18, 240]
+    args = build_parser().parse_args(["stage2", "--workdir", "w", "--teacher", "t", "--student", "s",
+                                      "--router-horizon-frames", "240"])
+    assert distill_config(Stage2Config, args).router_horizon_frames == 240
 
 
 # ---------------------------------------------------------------------------------------------- guidance interval

@@ -50,6 +50,12 @@ def _add_model_source(p: argparse.ArgumentParser, what: str) -> None:
                         "this trainer, or any checkpoint videossm_core.checkpoints.load_model reads")
 
 
+def _add_critic_warmup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--critic-warmup", type=int, default=0,
+                   help="DMD steps that train only the critic first (a critic started from the teacher, e.g. "
+                        "when distilling further from an exported generator)")
+
+
 def _add_conditioning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", default=None,
                    help="demo text encoder file, or a local UMT5 folder (real scale); default: the teacher run's")
@@ -115,7 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--object-dilate", type=int, default=0, help="grow the weighted region by this many latent pixels")
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--init", default=None, help="start from these teacher weights (load_model) instead of scratch")
+    p.add_argument("--init", default=None,
+                   help="start from these weights (load_model) instead of scratch: a teacher, or a distilled "
+                        "generator to recover a teacher from (with --init-text-encoder)")
+    p.add_argument("--init-text-encoder", default=None,
+                   help="demo: start the text encoder from this file and keep it frozen (the encoder the --init "
+                        "generator was distilled with, e.g. videossm_core/demo/weights/text_encoder.safetensors)")
     p.add_argument("--continue-from", default=None,
                    help="continue this teacher run's newest checkpoint (step, weights, optimizer, EMA) on this "
                         "run's own clips (give a new --seed for new ones); --steps extends its schedule")
@@ -135,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_guidance_interval(p)
     p.add_argument("--critic-lr", type=float, default=2e-4)
     p.add_argument("--critic-ratio", type=int, default=2, help="critic updates per generator update")
+    _add_critic_warmup(p)
     p.add_argument("--same-exit-step", action=argparse.BooleanOptionalAction, default=True)
     p.set_defaults(func=cmd_stage1)
 
@@ -145,11 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_conditioning(p)
     p.add_argument("--critic", default=None, help="critic init (default: the stage-1 run's critic, else the teacher)")
     p.add_argument("--rollout-frames", type=int, default=105, help="latent frames of one long rollout")
+    p.add_argument("--router-horizon-frames", type=int, default=None,
+                   help="T of the memory router (default: --rollout-frames, as generation uses the video's length)")
     p.add_argument("--switch-prob", type=float, default=0.5, help="probability of a prompt switch per window")
     p.add_argument("--guidance", type=float, default=3.0, help="teacher CFG scale in DMD (real score)")
     _add_guidance_interval(p)
     p.add_argument("--critic-lr", type=float, default=1e-4)
     p.add_argument("--critic-ratio", type=int, default=2)
+    _add_critic_warmup(p)
     p.add_argument("--base-lr-scale", type=float, default=0.3,
                    help="LR of the non-memory student parameters relative to --lr (0 freezes them)")
     p.set_defaults(func=cmd_stage2)
@@ -200,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 # keeps more of the teacher's shapes (CARD.md).
 _STAGE2 = ["--latent-frames", "6", "--steps", "300", "--batch-size", "4", "--lr", "1e-3", "--base-lr-scale", "0.05",
            "--critic-lr", "1e-4", "--critic-ratio", "2", "--switch-prob", "0.5", "--guidance", "4.0",
-           "--checkpoint-every", "50"]
+           "--checkpoint-every", "50", "--router-horizon-frames", "240"]  # (the shipped weights' T: 60 s)
 
 # The demo recipe (what videossm_core/demo/weights/CARD.md reports); each stage resumes if interrupted.
 DEMO_RECIPE = {

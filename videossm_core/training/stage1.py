@@ -68,6 +68,9 @@ class DistillConfig:
     guidance_max_sigma: float | None = None  # teacher CFG only at sigma <= this (dmd.interval_guidance)
     critic_lr: float = 2e-4
     critic_ratio: int = 2
+    # DMD steps that train the critic alone before the generator's first update: a critic that starts as a copy
+    # of the teacher scores nothing of the student yet (a run from an exported generator, whose critic is gone)
+    critic_warmup: int = 0
     warmup: int = 10
     min_lr_ratio: float = 0.5
     grad_clip: float = 1.0
@@ -80,6 +83,11 @@ class DistillConfig:
     eval_vae: str | None = None  # measure the result at the end (demo)
     eval_pairs: int = 4
     device: str = "cpu"  # "cuda" picks cuda:<local rank>
+
+    def generator_due(self, dmd_step: int) -> bool:
+        """Whether DMD step ``dmd_step`` (0 = the first) updates the generator: none in the critic warm-up,
+        then every ``critic_ratio``-th step."""
+        return dmd_step >= self.critic_warmup and (dmd_step - self.critic_warmup) % self.critic_ratio == 0
 
     def dmd_config(self) -> DMDConfig:
         return DMDConfig(guidance=self.guidance, guidance_max_sigma=self.guidance_max_sigma, min_step=self.min_step,
@@ -295,7 +303,7 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
             idx = list(env.local_slice(cfg.batch_size))
             prompts = [source.prompt(cfg.seed, data_step, i) for i in idx]
             cond, uncond = conditioner(prompts), conditioner.uncond(len(idx))
-            update_generator = dstep % cfg.critic_ratio == 0
+            update_generator = cfg.generator_due(dstep)
             exits = exit_steps(cfg, data_step, num_chunks, len(sampling.denoising_steps), cfg.same_exit_step)
             state = rollout.new_state(len(idx), cond)
             noise = noise_fn_for(cfg, data_step, idx, (c, chunk, h, w))

@@ -48,6 +48,9 @@ class Stage2Config(DistillConfig):
     lr: float = 1e-4
     critic_lr: float = 1e-4
     rollout_frames: int = 105  # latent frames of one long rollout (105 = 35 chunks ~ 26 s at 16 fps)
+    # T of the memory router, gamma_t = sigmoid(w log((t + 1) / T) + b). None: the rollout's length, as generation
+    # takes the video's length, so training sees the router over the same relative positions (0..1) as inference.
+    router_horizon_frames: int | None = None
     switch_prob: float = 0.5
     base_lr_scale: float = 0.3
     train_gates: bool = True
@@ -106,7 +109,9 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
                          cfg.lr, betas=cfg.betas)
     critic_opt = make_adamw([{"params": critic_params}], cfg.critic_lr, betas=cfg.betas)
 
-    stream, sampling = stream_config(cfg, memory=True), sampling_config(cfg)
+    stream = stream_config(cfg, memory=True).replace(
+        router_horizon_frames=cfg.router_horizon_frames or cfg.rollout_frames)
+    sampling = sampling_config(cfg)
     rollout = SelfRollout(student, RolloutConfig(stream, sampling, train_memory=cfg.train_gates))
     h, w = latent_size(cfg)
     c = teacher.config.in_dim
@@ -137,7 +142,7 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
             switched = True
         state = carried.state
         cond, uncond = conditioner(carried.prompts), conditioner.uncond(len(idx))
-        update_generator = step % cfg.critic_ratio == 0
+        update_generator = cfg.generator_due(step)
         exits = exit_steps(cfg, data_step, window_chunks, len(sampling.denoising_steps), cfg.same_exit_step)
         noise = noise_fn_for(cfg, data_step, idx, (c, chunk, h, w), rollout_id=carried.rollout_id)
         set_lr(gen_opt, lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio))

@@ -63,6 +63,9 @@ class TeacherTrainConfig:
     fixed_batch: bool = False
     stop_after: int | None = None  # end this process after this step (a run in slices; the schedule still spans all steps)
     init: str | None = None  # start the teacher from these weights (load_model) instead of scratch
+    # Start the demo text encoder from this file and keep it frozen: a teacher recovered from a distilled
+    # generator (``init`` = its weights) must read prompts exactly as that generator does.
+    init_text_encoder: str | None = None
     # Continue another teacher run (its newest checkpoint: step, weights, optimizer, EMA) on this run's own
     # clips (a new --seed draws new ones); --steps then extends that run's schedule.
     continue_from: str | None = None
@@ -215,14 +218,17 @@ def train_teacher(cfg: TeacherTrainConfig, env: DistEnv, dataset: LatentDataset 
         model = load_model(cfg.init, requires_grad=True)
     else:
         model = CausalWanModel(model_config)
-    text_encoder = build_text_encoder(model.config, cfg.seed)
+    if cfg.init_text_encoder:
+        text_encoder = DemoTextEncoder.load(cfg.init_text_encoder).requires_grad_(False)
+    else:
+        text_encoder = build_text_encoder(model.config, cfg.seed)
     device = resolve_device(cfg.device, env)
     model.to(device).train()
     text_encoder.to(device)
     text_encoder.train()
     # The one-shot teacher never uses the global memory: leave those parameters out of the optimizer.
     params = [p for n, p in model.named_parameters() if ".self_attn.memory." not in n]
-    text_params = list(text_encoder.parameters())
+    text_params = [p for p in text_encoder.parameters() if p.requires_grad]
     opt = make_adamw([{"params": params}, {"params": text_params, "lr_scale": cfg.text_lr_scale}], cfg.lr,
                      betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     ema_model, ema_text = EMA(model, cfg.ema), EMA(text_encoder, cfg.ema)
