@@ -64,3 +64,35 @@ def test_objects_pushed_past_a_frame_edge_are_counted_and_the_world_keeps_its_ow
     shifted = np.concatenate([np.repeat(world_clip[:, :1], 40, axis=1), world_clip[:, :-40]], axis=1)
     measured = object_statistics([shifted], stride=2)
     assert measured["cut_by_edge"] == 1.0
+
+
+def test_switch_latency_counts_chunks_until_the_new_prompt_shows_before_the_next_switch():
+    bench = _bench_demo_quality()
+    ok = [True, True, False, False, True, True, False, False, False, True]
+    #     switch at 2: shows at 4 (2 late); at 6: never before the switch at 8; at 8: shows at 9
+    assert bench.switch_latencies(ok, [2, 6, 8]) == [2, None, 1]
+    assert bench.within_2_chunks([2, None, 1, 0]) == 0.5
+
+
+def test_the_worlds_own_frames_reach_the_measurement_through_the_vae_and_the_mp4(tmp_path):
+    """The switch reference: the world's render of a schedule, decoded by the demo VAE chunk by chunk and read
+    back from an mp4, keeps its length and (for a clear scene) still reads as its prompt, switch included."""
+    import pytest
+
+    from videossm_core.demo.bundle import demo_files_present, load_demo_bundle
+    from videossm_core.schedule import parse_schedule
+
+    if not demo_files_present():
+        pytest.skip("demo weights not present")
+    bench = _bench_demo_quality()
+    vae = load_demo_bundle().vae
+    schedule = parse_schedule("0s: a red circle floating on a dark background\n"
+                              "1.5s: a blue square floating on a dark background\n")  # chunk 2 of 4
+    clip = bench.world_renders([("a red circle floating on a dark background", 21),
+                                ("a blue square floating on a dark background", 24)], 64, 64, seeds=(0,))[0]
+    decoded = bench.through_vae_and_mp4(clip, vae, str(tmp_path / "world.mp4"))
+    assert decoded.shape == clip.shape and (tmp_path / "world.mp4").is_file()
+    assert np.abs(decoded.astype(int) - clip.astype(int)).mean() > 0  # it really went through the VAE
+    rows = bench.chunk_rows(decoded, schedule, total=4)
+    assert [r["ok"] for r in rows] == [True, True, True, True]
+    assert bench.switch_latencies([r["ok"] for r in rows], [2]) == [0]
