@@ -104,7 +104,7 @@ def main() -> None:
         print(f"{mode:8} {early * 1e3:9.2f} {late * 1e3:9.2f} {late / early:10.3f} {rss_early:9.0f}M "
               f"{rss_late:8.0f}M {r['peak_rss_mib']:8.0f}M {r['state_mib']:9.2f}")
     if "hybrid" in summary and "window" in summary:
-        h, w = summary["hybrid"], summary["window"]
+        h = summary["hybrid"]
         overhead = statistics.median(results["hybrid"]["times"][10:]) / statistics.median(results["window"]["times"][10:])
         print(f"\nhybrid late/early: {h['ratio']:.3f} (target <= 1.05)")
         print(f"hybrid / window-only per chunk (median over chunks 10..{n}): {overhead:.3f} (target <= 1.15)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import comfy.model_management
 import comfy.utils
@@ -12,7 +11,6 @@ from comfy_api.input_impl import VideoFromFile
 from comfy_api.latest import io, ui
 from PIL import Image
 
-from ..videossm_core.config import SamplingConfig
 from ..videossm_core.generate import generate_video, prefill_from_frames
 from ..videossm_core.schedule import ScheduleError
 from ..videossm_core.vae import vae_from_state_dict
