@@ -133,14 +133,14 @@ def through_vae_and_mp4(clip: np.ndarray, vae, path: str) -> np.ndarray:
     import torch
 
     from videossm_core.schedule import chunk_start_frame
+    from videossm_core.training.data import frames_to_tensor
     from videossm_core.video_io import Mp4Writer, frames_to_uint8, read_video
 
     encoder, decoder = vae.stream_encoder(), vae.stream_decoder()
     with Mp4Writer(path) as writer, torch.no_grad():
         chunk = 0
         while chunk_start_frame(chunk) < len(clip):
-            part = clip[chunk_start_frame(chunk):chunk_start_frame(chunk + 1)]
-            x = torch.from_numpy(part).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0  # [1, 3, T, H, W]
+            x = frames_to_tensor(clip[chunk_start_frame(chunk):chunk_start_frame(chunk + 1)])  # [1, 3, T, H, W]
             writer.write(frames_to_uint8(decoder.decode_chunk(encoder.encode_chunk(x.to(vae.device, vae.dtype)))))
             chunk += 1
     return read_video(path)
