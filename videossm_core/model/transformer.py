@@ -40,6 +40,16 @@ class WanRMSNorm(nn.Module):
         return out.to(x.dtype) * self.weight
 
 
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the module's dtype: the residual stream it normalises is
+    float32 (Wan's design), and a bf16/fp16 affine weight must not force it down or mix dtypes."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+
+
 def sinusoidal_embedding(timesteps: Tensor, dim: int) -> Tensor:
     """Wan's timestep embedding: cat(cos, sin) with 10000^(-i/half). [N] -> [N, dim] float32."""
     half = dim // 2
@@ -153,11 +163,11 @@ class WanBlock(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         dim = config.dim
-        self.norm1 = nn.LayerNorm(dim, eps=config.eps, elementwise_affine=False)
+        self.norm1 = FP32LayerNorm(dim, eps=config.eps, elementwise_affine=False)
         self.self_attn = SelfAttention(config)
-        self.norm3 = nn.LayerNorm(dim, eps=config.eps, elementwise_affine=True)
+        self.norm3 = FP32LayerNorm(dim, eps=config.eps, elementwise_affine=True)
         self.cross_attn = CrossAttention(config)
-        self.norm2 = nn.LayerNorm(dim, eps=config.eps, elementwise_affine=False)
+        self.norm2 = FP32LayerNorm(dim, eps=config.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
                                  nn.Linear(config.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
@@ -179,7 +189,7 @@ class WanBlock(nn.Module):
 class Head(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.norm = nn.LayerNorm(config.dim, eps=config.eps, elementwise_affine=False)
+        self.norm = FP32LayerNorm(config.dim, eps=config.eps, elementwise_affine=False)
         self.head = nn.Linear(config.dim, config.out_dim * math.prod(config.patch_size))
         self.modulation = nn.Parameter(torch.randn(1, 2, config.dim) / config.dim**0.5)
 
