@@ -31,8 +31,11 @@ class VideoSSMNewStream(io.ComfyNode):
                 io.Boolean.Input("global_memory", default=True,
                                  tooltip="write frames leaving the window into the gated delta-rule state (VideoSSM); "
                                          "off = window attention only (LongLive)"),
-                io.Combo.Input("memory_update", options=["chunkwise", "recurrent"], default="chunkwise",
-                               tooltip="chunkwise: fast WY form; recurrent: the token loop (same result, slow)"),
+                io.Combo.Input("memory_update", options=["auto", "chunkwise", "recurrent", "fla"], default="auto",
+                               tooltip="how frames enter the memory, all with the same result: auto = fla on a CUDA "
+                                       "GPU with fla-core installed, else chunkwise; chunkwise: our WY form; "
+                                       "recurrent: the token loop (slow); fla: flash-linear-attention's kernel "
+                                       "(CUDA + pip install fla-core)"),
                 io.Float.Input("router_horizon_seconds", default=60.0, min=1.0, max=36000.0, step=1.0,
                                tooltip="T of the position-aware router: memory weight grows towards it"),
                 io.Combo.Input("position_mode", options=["unbounded", "absolute"], default="unbounded",

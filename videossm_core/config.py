@@ -18,6 +18,9 @@ VAE_TEMPORAL_STRIDE = 4
 VAE_SPATIAL_STRIDE = 8
 DEFAULT_FPS = 16
 
+# StreamConfig.memory_update's choices (what each one is: StreamConfig, model.delta_rule).
+MEMORY_UPDATE_FORMS = ("auto", "chunkwise", "recurrent", "fla")
+
 
 def _from_dict(cls, data: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(cls)}
@@ -148,7 +151,10 @@ class StreamConfig:
     sink_frames: int = 3
     window_frames: int = 12
     memory: bool = True
-    memory_update: str = "chunkwise"  # "chunkwise" (WY form, fast) or "recurrent" (token loop, reference)
+    # How evicted tokens are written into the memory, all with the same result: "auto" (fla's Triton kernel on
+    # CUDA when fla-core imports, else "chunkwise"), "chunkwise" (our WY form), "fla" (CUDA + fla-core only)
+    # or "recurrent" (the token loop: the reference, slow). Older state files say "chunkwise".
+    memory_update: str = "auto"
     position_mode: str = "absolute"  # "absolute" (Self-Forcing/LongLive training) or "unbounded"
     router_horizon_frames: int = 240  # T in gamma_t = sigmoid(w log((t+1)/T) + b); 240 = 60 s
     full_cache: bool = False  # Self-Forcing / ComfyUI-core style growing cache (benchmarks, baselines)
@@ -156,8 +162,9 @@ class StreamConfig:
     def __post_init__(self):
         if self.position_mode not in ("absolute", "unbounded"):
             raise ValueError(f"position_mode must be 'absolute' or 'unbounded', got {self.position_mode!r}")
-        if self.memory_update not in ("chunkwise", "recurrent"):
-            raise ValueError(f"memory_update must be 'chunkwise' or 'recurrent', got {self.memory_update!r}")
+        if self.memory_update not in MEMORY_UPDATE_FORMS:
+            raise ValueError(f"memory_update must be one of {', '.join(map(repr, MEMORY_UPDATE_FORMS))}, "
+                             f"got {self.memory_update!r}")
         if self.chunk_frames < 1:
             raise ValueError("chunk_frames must be >= 1")
         if self.sink_frames < 0 or self.sink_frames % self.chunk_frames:

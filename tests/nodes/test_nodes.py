@@ -252,7 +252,7 @@ def test_object_info_documents_inputs_and_outputs(comfy):
     assert kind == "INT" and opts["default"] == 3 and opts["step"] == 3
     kind, opts = _spec(info, "VideoSSMNewStream", "global_memory")
     assert kind == "BOOLEAN" and opts["default"] is True
-    assert _spec(info, "VideoSSMNewStream", "memory_update")[0] == ["chunkwise", "recurrent"]
+    assert _spec(info, "VideoSSMNewStream", "memory_update")[0] == ["auto", "chunkwise", "recurrent", "fla"]
     kind, opts = _spec(info, "VideoSSMNewStream", "position_mode")
     assert kind == ["unbounded", "absolute"] and opts["default"] == "unbounded"
     assert _spec(info, "VideoSSMNewStream", "router_horizon_seconds")[1]["default"] == 60.0

@@ -39,13 +39,19 @@ float32 matmuls; callers that need full fp32 there must leave TF32 off.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["l2_normalize", "gated_delta_write", "read_memory", "retention_gate_bias", "compute_gates"]
+from ..config import MEMORY_UPDATE_FORMS
+
+__all__ = ["l2_normalize", "gated_delta_write", "read_memory", "retention_gate_bias", "compute_gates",
+           "MEMORY_UPDATE_FORMS", "FLA_INSTALL_HINT", "fla_available", "fla_gated_delta_write",
+           "resolve_memory_update"]
 
 
 def _autocast_off(device: torch.device):
@@ -196,3 +202,92 @@ def compute_gates(alpha_logits: Tensor, beta_logits: Tensor, A_log: Tensor) -> t
         g = -A_log.float().exp() * F.softplus(alpha_logits.float())
         beta = torch.sigmoid(beta_logits.float())
     return g, beta
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optional: flash-linear-attention's Triton kernel for the same write (CUDA only).
+
+# The forms of the memory write (StreamConfig.memory_update, MEMORY_UPDATE_FORMS): "chunkwise" is
+# gated_delta_write above, "recurrent" the token loop of model.reference (the ground truth), "fla"
+# flash-linear-attention's chunk_gated_delta_rule, "auto" fla where it can run (CUDA, fla imports),
+# else "chunkwise".
+FLA_INSTALL_HINT = "pip install fla-core (flash-linear-attention's kernels; it needs triton and a CUDA GPU)"
+
+
+@functools.cache
+def _fla_probe() -> tuple[Callable | None, str]:
+    """Import fla's chunk kernel once: ``(chunk_gated_delta_rule, "")`` or ``(None, why not)``.
+
+    Any exception counts as "not available": on a machine without triton fla fails with
+    ModuleNotFoundError, and a triton that does not support the GPU can fail otherwise.
+    """
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    except Exception as err:  # noqa: BLE001 - whatever the reason, the kernel is not usable here
+        return None, f"{type(err).__name__}: {err}"
+    return chunk_gated_delta_rule, ""
+
+
+# torch.compile treats the answer as a constant instead of tracing the import.
+@torch.compiler.assume_constant_result
+def fla_available() -> bool:
+    """Whether ``fla.ops.gated_delta_rule.chunk_gated_delta_rule`` imports (probed once per process)."""
+    return _fla_probe()[0] is not None
+
+
+def _fla_kernel() -> Callable:
+    kernel, why = _fla_probe()
+    if kernel is None:
+        raise ImportError(f"memory_update='fla' needs flash-linear-attention's kernels: {FLA_INSTALL_HINT}. "
+                          f"Importing fla.ops.gated_delta_rule failed with {why}")
+    return kernel
+
+
+def resolve_memory_update(form: str, device: torch.device) -> str:
+    """The concrete write form for tensors on ``device``: "auto" -> "fla" on CUDA when fla imports,
+    else "chunkwise"; the other forms stay as they are (an unknown one raises)."""
+    if form not in MEMORY_UPDATE_FORMS:
+        raise ValueError(f"memory_update must be one of {MEMORY_UPDATE_FORMS}, got {form!r}")
+    if form != "auto":
+        return form
+    return "fla" if device.type == "cuda" and fla_available() else "chunkwise"
+
+
+def fla_gated_delta_write(state: Tensor | None, k: Tensor, v: Tensor, g: Tensor, beta: Tensor) -> Tensor:
+    """:func:`gated_delta_write` with fla's ``chunk_gated_delta_rule`` Triton kernel (CUDA only).
+
+    Same shapes and gate convention; ``k`` may be raw: the kernel L2-normalises it exactly like
+    :func:`l2_normalize` (``x / sqrt(sum(x^2) + 1e-6)``), so unit keys pass through unchanged. Inputs
+    go in as float32 and the state comes back float32. fla's kernel rounds its intra-chunk matmuls
+    (TF32 on recent GPUs), so the result agrees with the chunkwise form to about 1e-3 relative, not to
+    float32 rounding. Raises if the tensors are not on a CUDA device or fla does not import.
+    """
+    _check_write_shapes(state, k, v, g, beta, 64)
+    if k.device.type != "cuda":
+        raise RuntimeError(f"memory_update='fla' runs Triton kernels that need a CUDA GPU, but the memory is on "
+                           f"{k.device}; use 'auto' or 'chunkwise' here ({FLA_INSTALL_HINT} on a CUDA machine)")
+    return _fla_write(_fla_kernel(), state, k, v, g, beta)
+
+
+@torch.compiler.disable  # a third-party Triton autograd.Function: run it as it is, outside any graph
+def _fla_write(kernel: Callable, state: Tensor | None, k: Tensor, v: Tensor, g: Tensor, beta: Tensor) -> Tensor:
+    """The argument mapping onto fla's ``chunk_gated_delta_rule`` (``kernel``), shared with the tests, which
+    pass fla's pure-PyTorch reference in its place to check the mapping without a GPU.
+
+    Layouts are the same on both sides (``[B, T, H, *]`` tokens, ``[B, H, K, V]`` state, not fla's
+    ``state_v_first``); ``g`` is the same log decay, applied before the correction (fla's convention);
+    ``beta`` is already a sigmoid (no in-kernel sigmoid, no negative eigenvalues). Only the final
+    state is wanted: the keys double as queries and the output (scale 1) is dropped.
+    """
+    B, T, H, Kd = k.shape
+    Vd = v.shape[-1]
+    with _autocast_off(k.device):
+        S = (torch.zeros(B, H, Kd, Vd, dtype=torch.float32, device=k.device) if state is None
+             else state.float().contiguous())
+        if T == 0:
+            return S
+        keys = k.float().contiguous()
+        _, final = kernel(q=keys, k=keys, v=v.float().contiguous(), g=g.float().contiguous(),
+                          beta=beta.float().contiguous(), scale=1.0, initial_state=S, output_final_state=True,
+                          use_qk_l2norm_in_kernel=True, use_beta_sigmoid_in_kernel=False, state_v_first=False)
+        return final.float()

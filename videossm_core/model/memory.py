@@ -87,10 +87,17 @@ class HybridMemory(nn.Module):
             beta = torch.sigmoid(beta_logits)
         return g, beta
 
-    def write(self, state: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, form: str = "chunkwise") -> Tensor:
+    def write(self, state: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, form: str = "auto") -> Tensor:
         """Write evicted tokens in eviction order. k, v: [B, T, H, D] (k RMS-normed, un-rotated);
-        g, beta: [B, T, H]; state: [B, H, D, D] float32. Returns the new state. ``form`` picks the
-        chunkwise WY computation or the token loop (same result, much slower; for checking)."""
+        g, beta: [B, T, H]; state: [B, H, D, D] float32. Returns the new state. ``form`` (see
+        ``StreamConfig.memory_update``) picks the computation, all of the same result: "chunkwise" (our
+        WY form), "fla" (flash-linear-attention's Triton kernel, CUDA only), "auto" (fla where it runs,
+        else chunkwise) or "recurrent" (the token loop; much slower, for checking)."""
+        from .delta_rule import fla_gated_delta_write, resolve_memory_update
+
+        form = resolve_memory_update(form, k.device)
+        if form == "fla":
+            return fla_gated_delta_write(state, k, v, g, beta)  # L2-normalises the keys in the kernel
         if form == "recurrent":
             from .reference import gated_delta_write_reference
 
