@@ -60,7 +60,7 @@ class PromptSegment:
 class ChunkOutput:
     index: int  # chunk index in the stream
     start_frame: int  # first latent frame of the chunk
-    latents: Tensor  # [B, C, chunk_frames, H, W] clean latents
+    latents: Tensor  # [B, C, chunk_frames, H, W] float32 clean latents, on the model's device
     segment_index: int
     switched: bool  # a prompt switch happened right before this chunk
     state: StreamState  # the live state after this chunk (saving it is safe; do not modify it)
@@ -149,6 +149,15 @@ class StreamSampler:
     def generate_chunk_inplace(self, state: StreamState, segments: list[PromptSegment],
                                latent_hw: tuple[int, int]) -> ChunkOutput:
         """Generate the stream's next chunk, advancing ``state`` in place."""
+        out = self._compute_chunk_inplace(state, segments, latent_hw)
+        self._log_chunk(state, out.index, out.start_frame)  # the chunk's one host sync
+        return out
+
+    @torch.no_grad()
+    def _compute_chunk_inplace(self, state: StreamState, segments: list[PromptSegment],
+                               latent_hw: tuple[int, int]) -> ChunkOutput:
+        """The device work of one chunk (prompt switch, denoising steps, clean pass): queued without
+        waiting for the device (no ``.item()``, ``.tolist()``, ``.cpu()`` of device tensors)."""
         cfg = state.sampling
         chunk_idx, start = state.chunk_index, state.next_frame
         seg_idx = segment_for_chunk(segments, chunk_idx)
@@ -167,19 +176,21 @@ class StreamSampler:
             raise ValueError(f"this stream's latents are {tuple(state.latent_shape)} (C, H, W); a chunk of "
                              f"{(c, *latent_hw)} cannot continue it. Use the stream's resolution.")
         steps = warped_timesteps(cfg)
-        x = chunk_noise(state.seed, chunk_idx, 0, shape)
-        x0 = x
+        # The chunk's noise is drawn on the host (the same numbers on every device) and copied over
+        # once; from here to the end of the chunk nothing waits for the device.
+        noise = torch.stack([chunk_noise(state.seed, chunk_idx, i, shape) for i in range(len(steps))])
+        noise = noise.to(self.model.device, non_blocking=True)
+        x = x0 = noise[0]
         for i, t in enumerate(steps):
             flow, new_next = self._predict(state, x, t, start, state.next_frame)
             state.next_frame = new_next
             sigma = t / cfg.num_train_timesteps
-            x0 = x - sigma * flow.cpu()
+            x0 = x - sigma * flow
             if i + 1 < len(steps):
                 s_next = steps[i + 1] / cfg.num_train_timesteps
-                x = (1.0 - s_next) * x0 + s_next * chunk_noise(state.seed, chunk_idx, i + 1, shape)
+                x = (1.0 - s_next) * x0 + s_next * noise[i + 1]
         self._predict(state, x0, cfg.context_timestep, start, state.next_frame)  # write the clean chunk
         remember_recent_latents_inplace(state, x0, start)
-        self._log_chunk(state, chunk_idx, start)
         return ChunkOutput(chunk_idx, start, x0, state.segment_index, switched, state)
 
     @torch.no_grad()
@@ -200,20 +211,27 @@ class StreamSampler:
         elif segment.prompt != state.prompt:
             self.switch_prompt_inplace(state, segment, 0)
         for offset in range(0, latents.shape[2], chunk):
-            x0 = latents[:, :, offset:offset + chunk].float().cpu()
+            x0 = latents[:, :, offset:offset + chunk].float().to(self.model.device)
             start = state.next_frame
             _, state.next_frame = self._predict(state, x0, state.sampling.context_timestep, start, state.next_frame)
             remember_recent_latents_inplace(state, x0, start)
             self._log_chunk(state, start // chunk, start)
 
     def _log_chunk(self, state: StreamState, chunk_idx: int, start: int) -> None:
+        # Router weights and memory norms come off the device in one transfer, after the chunk.
+        layers = state.branches["cond"].layers
+        norms = [torch.zeros((), device=self.model.device) if layer.memory is None
+                 else layer.memory.detach().norm().to(self.model.device) for layer in layers]
+        values = torch.stack(norms)
+        if state.memory_active:
+            values = torch.cat([values, self.model.router_gamma_tensor(start, state.stream.router_horizon_frames)])
+        values = values.tolist()
         state.history.append({
             "chunk": chunk_idx,
             "frame": start,
             "segment": state.segment_index,
-            "gamma": [round(g, 6) for g in self.model.router_gammas(start, state.stream.router_horizon_frames)]
-            if state.memory_active else [],
-            "memory_norm": [round(n, 6) for n in state.memory_norms()],
+            "gamma": [round(g, 6) for g in values[len(layers):]],
+            "memory_norm": [round(n, 6) for n in values[:len(layers)]],
             "window": state.window_occupancy(),
         })
         if len(state.history) > 4096:  # constant memory: keep the recent past only

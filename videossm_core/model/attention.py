@@ -62,11 +62,13 @@ def plan_cache(
     grid_hw: tuple[int, int],
     model_config: ModelConfig,
     stream: StreamConfig,
+    device: torch.device | str = "cpu",
 ) -> tuple[CachePlan, list[int], int]:
     """Decide slots for frames ``[start, start + num_frames)``.
 
     Returns the plan, the new slot->frame table and the new ``next_frame``. Pure: the caller's table
-    is not modified.
+    is not modified. The slot bookkeeping is Python on the host; the plan's tensors are built there
+    and copied to ``device`` once per model call, so the blocks never copy indices or sync.
     """
     end = start + num_frames
     slots = list(slot_frames)
@@ -121,15 +123,18 @@ def plan_cache(
     check = stream.position_mode == "absolute"
     read_cos, read_sin = rope_cos_sin(model_config, read_pos, h, w, check_limit=check)
     query_cos, query_sin = rope_cos_sin(model_config, query_pos, h, w, check_limit=check)
+    def dev(t: Tensor) -> Tensor:
+        return t.to(device, non_blocking=True)
+
     plan = CachePlan(
-        write_tokens=tokens_of(write_slots),
-        evict_tokens=tokens_of(evicted_slots) if evicted_slots else None,
-        read_tokens=tokens_of(read_slots),
-        read_cos=read_cos,
-        read_sin=read_sin,
-        query_cos=query_cos,
-        query_sin=query_sin,
-        query_frames=torch.arange(start, end),
+        write_tokens=dev(tokens_of(write_slots)),
+        evict_tokens=dev(tokens_of(evicted_slots)) if evicted_slots else None,
+        read_tokens=dev(tokens_of(read_slots)),
+        read_cos=dev(read_cos),
+        read_sin=dev(read_sin),
+        query_cos=dev(query_cos),
+        query_sin=dev(query_sin),
+        query_frames=dev(torch.arange(start, end)),
         capacity_tokens=len(slots) * tokens_per_frame,
         evicted_frames=evicted_frames,
     )
@@ -155,8 +160,7 @@ def block_causal_mask(num_frames: int, tokens_per_frame: int, stream: StreamConf
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Softmax attention. q: [B, N, H, D]; k, v: [B, M, H, D]; mask: [N, M] bool. Returns [B, N, H, D]."""
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-        attn_mask=None if mask is None else mask.to(q.device))
+    """Softmax attention through SDPA (PyTorch picks its flash / cuDNN / memory-efficient kernel on a
+    GPU). q: [B, N, H, D]; k, v: [B, M, H, D]; mask: [N, M] bool on q's device. Returns [B, N, H, D]."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
     return out.transpose(1, 2)

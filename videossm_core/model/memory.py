@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import MemoryConfig
-from .delta_rule import gated_delta_write, l2_normalize, read_memory, retention_gate_bias
+from .delta_rule import _autocast_off, gated_delta_write, l2_normalize, read_memory, retention_gate_bias
 
 
 class HeadRMSNorm(nn.Module):
@@ -80,7 +80,7 @@ class HybridMemory(nn.Module):
 
     def gates(self, h_in: Tensor) -> tuple[Tensor, Tensor]:
         """h_in: [B, N, dim] -> (g, beta), each [B, N, H] float32."""
-        with torch.autocast(device_type=h_in.device.type, enabled=False):
+        with _autocast_off(h_in.device):
             alpha_logits = F.linear(h_in.float(), self.alpha_proj.weight.float(), self.alpha_proj.bias.float())
             beta_logits = F.linear(h_in.float(), self.beta_proj.weight.float(), self.beta_proj.bias.float())
             g = -torch.exp(self.A_log.float()) * F.softplus(alpha_logits)
@@ -114,13 +114,14 @@ class HybridMemory(nn.Module):
         """gamma_t * SiLU(g_out * RMSNorm(q S)).
 
         q: [B, N, H, D] RMS-normed, un-rotated queries; h_in: [B, N, dim]; gamma_per_token: [N].
-        Returns [B, N, H, D] float32, to be added to the local attention output.
+        Returns [B, N, H, D] float32, to be added to the local attention output. The out-gate is an
+        ordinary [dim, dim] projection and runs in the compute dtype like the block's other linears;
+        only the read of the float32 state and its norm stay float32.
         """
-        with torch.autocast(device_type=q.device.type, enabled=False):
+        gate = self.out_gate(h_in).unflatten(-1, (self.num_heads, self.head_dim))  # [B, N, H, D]
+        with _autocast_off(q.device):
             retrieved = self.out_norm(read_memory(state, l2_normalize(q.float())))  # [B, N, H, D]
-            gate = F.linear(h_in.float(), self.out_gate.weight.float(), self.out_gate.bias.float())
-            gate = gate.unflatten(-1, (self.num_heads, self.head_dim))
-            return gamma_per_token.float()[None, :, None, None] * F.silu(gate * retrieved)
+            return gamma_per_token.float()[None, :, None, None] * F.silu(gate.float() * retrieved)
 
 
 def empty_memory_state(batch: int, num_heads: int, head_dim: int, device: torch.device | str) -> Tensor:

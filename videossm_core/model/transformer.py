@@ -103,18 +103,20 @@ class SelfAttention(_Projections):
         q, k, v = self.project(x)
         use_memory = memory_on and self.memory is not None
         if use_memory and plan.evict_tokens is not None:
-            idx = plan.evict_tokens.to(x.device)
+            idx = plan.evict_tokens
             cache.memory = self.memory.write(cache.memory, cache.k[:, idx], cache.v[:, idx],
                                              cache.g[:, idx], cache.beta[:, idx], memory_update)
         _ensure_capacity(cache, plan.capacity_tokens, k, with_gates=use_memory)
-        write = plan.write_tokens.to(x.device)
-        cache.k[:, write] = k.detach()
-        cache.v[:, write] = v.detach()
+        write = plan.write_tokens
+        # In the cache's dtype: under autocast v comes out of its Linear in bf16 while k, after the RMSNorm's
+        # float32 weight, is float32.
+        cache.k[:, write] = k.detach().to(cache.k.dtype)
+        cache.v[:, write] = v.detach().to(cache.v.dtype)
         if use_memory:
             g, beta = self.memory.gates(x)
             cache.g = cache.g.index_copy(1, write, g)
             cache.beta = cache.beta.index_copy(1, write, beta)
-        read = plan.read_tokens.to(x.device)
+        read = plan.read_tokens
         keys = torch.cat([apply_rope(cache.k[:, read], plan.read_cos, plan.read_sin),
                           apply_rope(k, plan.query_cos, plan.query_sin)], dim=1)
         values = torch.cat([cache.v[:, read], v], dim=1)
@@ -186,6 +188,16 @@ class WanBlock(nn.Module):
         return x + self.ffn(h.to(dtype)).float() * gate_f
 
 
+def stream_block(block: WanBlock, tokens: Tensor, e0: Tensor, tokens_per_frame: int, cache: LayerCache,
+                 plan: CachePlan, memory_on: bool, gamma: Tensor | None, memory_update: str) -> Tensor:
+    """One block of a streaming call, advancing ``cache`` in place: the unit ``compile_streaming`` compiles.
+    tokens: [B, N, dim] float32; e0: [B, F, 6, dim]; gamma: [N] router weight per query token or None."""
+    def attend(h_in: Tensor) -> Tensor:
+        return block.self_attn.forward_stream(h_in, cache, plan, memory_on, gamma, memory_update)
+
+    return block(tokens, e0, tokens_per_frame, (cache.text_k, cache.text_v), attend)
+
+
 class Head(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -215,6 +227,7 @@ class CausalWanModel(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
         self.head = Head(config)
+        self._compiled_stream_block = None  # set by compile_streaming()
         self.init_weights()
 
     # ------------------------------------------------------------------ init
@@ -301,6 +314,8 @@ class CausalWanModel(nn.Module):
         grid = self._check_latents(x, timestep)
         f, h, w = grid
         cos, sin = rope_cos_sin(self.config, torch.arange(frame_offset, frame_offset + f), h, w)
+        cos, sin = cos.to(self.device), sin.to(self.device)  # once per call, not per block
+        mask = None if mask is None else mask.to(self.device)
         e, e0 = self.embed_time(timestep)
         kv = self.text_kv(context)
         tokens = self._patchify(x)
@@ -335,7 +350,7 @@ class CausalWanModel(nn.Module):
         if branch.layers[0].text_k is None:
             raise ValueError("no prompt is loaded into this stream branch; call set_prompt_inplace first")
         plan, branch.slot_frames, new_next = plan_cache(
-            branch.slot_frames, start_frame, f, next_frame, h * w, (h, w), self.config, stream)
+            branch.slot_frames, start_frame, f, next_frame, h * w, (h, w), self.config, stream, device=x.device)
         memory_on = stream.memory and not stream.full_cache and self.config.memory.enabled
         if counters is not None:
             counters["model_calls"] = counters.get("model_calls", 0) + 1
@@ -346,25 +361,34 @@ class CausalWanModel(nn.Module):
                     counters["memory_writes"] = counters.get("memory_writes", 0) + 1
         e, e0 = self.embed_time(timestep)
         tokens = self._patchify(x)
-        query_frames = plan.query_frames.to(x.device)
+        query_frames = plan.query_frames
+        step = self._compiled_stream_block or stream_block
         for block, layer in zip(self.blocks, branch.layers):
             gamma = None  # the router weight per query token, [N]
             if memory_on:
                 gamma = block.self_attn.memory.router(query_frames, stream.router_horizon_frames).repeat_interleave(h * w)
 
-            def attend(hin, blk=block, cache=layer, g=gamma):
-                return blk.self_attn.forward_stream(hin, cache, plan, memory_on, g, stream.memory_update)
-
-            tokens = block(tokens, e0, h * w, (layer.text_k, layer.text_v), attend)
+            tokens = step(block, tokens, e0, h * w, layer, plan, memory_on, gamma, stream.memory_update)
         return self._unpatchify(self.head(tokens, e, h * w), grid), new_next
 
+    def compile_streaming(self, **compile_options) -> None:
+        """``torch.compile`` the streaming block (all blocks share one compiled graph per cache shape).
+
+        The first chunks compile (the window fills, so the attended length changes until the stream
+        evicts; later chunks reuse the graphs). Options go to ``torch.compile`` (e.g. ``mode``).
+        """
+        self._compiled_stream_block = torch.compile(stream_block, **compile_options)
+
     def router_gammas(self, frame: int, horizon: int) -> list[float]:
-        """gamma_t of every block at latent frame ``frame`` (for inspection)."""
-        out = []
-        for block in self.blocks:
-            mem = block.self_attn.memory
-            out.append(0.0 if mem is None else float(mem.router(torch.tensor([frame]), horizon)[0]))
-        return out
+        """gamma_t of every block at latent frame ``frame`` (for inspection; one host sync)."""
+        return self.router_gamma_tensor(frame, horizon).tolist()
+
+    def router_gamma_tensor(self, frame: int, horizon: int) -> Tensor:
+        """gamma_t of every block at latent frame ``frame``: [num_layers] float32 on the model's device."""
+        position = torch.tensor([frame], device=self.device)
+        zero = torch.zeros(1, device=self.device)
+        return torch.cat([zero if b.self_attn.memory is None else b.self_attn.memory.router(position, horizon)
+                          for b in self.blocks])
 
     def memory_parameters(self) -> dict[str, Tensor]:
         """The VideoSSM-only parameters (what a memory-only file holds)."""

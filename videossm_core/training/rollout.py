@@ -103,7 +103,7 @@ class SelfRollout:
         ph, pw = self.model.config.patch_size[1:]
         grid = (hw[0] // ph, hw[1] // pw)
         plan, _, _ = plan_cache(branch.slot_frames, start, num_frames, next_frame, grid[0] * grid[1], grid,
-                                self.model.config, self.config.stream)
+                                self.model.config, self.config.stream, device=self.model.device)
         if plan.evict_tokens is None:
             return None
         idx = plan.evict_tokens
