@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from .config import ModelConfig, SamplingConfig, StreamConfig
@@ -31,6 +31,41 @@ STATE_VERSION = 1
 
 class StateFileError(ValueError):
     """A stream-state file that cannot be used (not a state, damaged, or for another model)."""
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64", torch.int32: "I32",
+    torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+
+
+def write_safetensors(path: str, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file tensor by tensor, straight from each tensor's memory.
+
+    ``safetensors.torch.save_file`` first turns every tensor into a Python ``bytes`` copy, so saving
+    a full-size stream (GBs of KV cache) would need the whole state twice in RAM. Here the header is
+    written first and then each tensor's bytes; a device tensor passes through host memory one
+    tensor at a time. The file is flushed and fsynced, so a rename after it publishes complete data.
+    """
+    entries, offset = {}, 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        entries[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                         "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header = json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format aligns the data to 8 bytes
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        for t in tensors.values():
+            if t.numel():
+                host = t.detach().to("cpu").contiguous().reshape(-1)
+                f.write(memoryview(host.view(torch.uint8).numpy()))
+                del host  # before the next tensor's copy exists
+        f.flush()
+        os.fsync(f.fileno())
 
 
 @dataclass
@@ -158,25 +193,25 @@ class StreamState:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
-        """Write the state to one safetensors file (tensors + JSON metadata). Atomic: a failed write
-        (full disk, cancelled run) leaves any previous file at ``path`` intact."""
+        """Write the state to one safetensors file (tensors + JSON metadata), tensor by tensor in the
+        dtype they are kept in (caches in the compute dtype, memory and gates in float32), with no
+        second copy of the state in RAM. Atomic: a failed write (full disk, cancelled run) leaves any
+        previous file at ``path`` intact."""
         tensors: dict[str, Tensor] = {}
         branches_meta = {}
         for bname, branch in self.branches.items():
-            present = []
             for i, layer in enumerate(branch.layers):
                 for name in LayerCache.TENSOR_FIELDS:
                     t = getattr(layer, name)
                     if t is not None:
-                        tensors[f"branch.{bname}.layer.{i}.{name}"] = t.detach().contiguous().cpu()
-                        present.append(f"{i}.{name}")
+                        tensors[f"branch.{bname}.layer.{i}.{name}"] = t
             if branch.text_embedding is not None:
-                tensors[f"branch.{bname}.text_embedding"] = branch.text_embedding.detach().contiguous().cpu()
+                tensors[f"branch.{bname}.text_embedding"] = branch.text_embedding
             branches_meta[bname] = {"slot_frames": branch.slot_frames}
         if self.recent_latents is not None:
-            tensors["recent_latents"] = self.recent_latents.detach().contiguous().cpu()
+            tensors["recent_latents"] = self.recent_latents
         for key, t in self.vae_cache.items():
-            tensors[f"vae_cache.{key}"] = t.detach().contiguous().cpu()
+            tensors[f"vae_cache.{key}"] = t
         meta = {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
@@ -198,7 +233,7 @@ class StreamState:
         path = os.fspath(path)
         tmp = f"{path}.partial"
         try:
-            save_file(tensors, tmp, metadata={"videossm": json.dumps(meta)})
+            write_safetensors(tmp, tensors, metadata={"videossm": json.dumps(meta)})
             os.replace(tmp, path)
         except OSError as err:
             if os.path.exists(tmp):

@@ -196,7 +196,8 @@ def test_failed_state_write_keeps_the_previous_file(tmp_path):
     state.save(path)
     before = path.read_bytes()
     _run(model, state, _segments(), 1)
-    with mock.patch("videossm_core.state.save_file", side_effect=OSError(28, "No space left on device")):
+    # the disk fills after part of the tensor data was written
+    with mock.patch("videossm_core.state.os.fsync", side_effect=OSError(28, "No space left on device")):
         with pytest.raises(OSError, match="Free some disk space"):
             state.save(path)
     assert path.read_bytes() == before
