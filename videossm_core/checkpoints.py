@@ -29,6 +29,7 @@ which makes the memory branch add exactly zero: a base checkpoint with fresh mem
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -890,8 +891,20 @@ def load_model(path: Any, dtype: torch.dtype | str = torch.float32, device: torc
         fresh = check_keys(plan.config, plan.shapes, src.label, plan.fmt)
         with torch.device("meta"):
             model = CausalWanModel(plan.config)
+        lora_deltas, lora_info = {}, None
+        if lora_path is not None:
+            lora_deltas, lora_info = _plan_lora(model, lora_path, lora_strength, lora_alpha)
+        # A LoRA is merged into the file's weights in float32, before the cast to ``dtype``: one rounding, not
+        # two (a bf16 load equals the float32 load rounded to bf16). Weights a memory file will replace are
+        # merged after it, as before.
+        early = {} if dtype is None else {n: d for n, d in lora_deltas.items() if n in plan.shapes
+                                          and not (memory_path is not None and MEMORY_INFIX in n)}
         for ours in plan.shapes:  # one tensor in flight at a time besides the model itself
-            _assign(model, ours, _read(src, plan.keys, ours, dtype).to(device).contiguous(), requires_grad)
+            if ours in early:
+                tensor = _merged(_read(src, plan.keys, ours, torch.float32), early[ours], dtype)
+            else:
+                tensor = _read(src, plan.keys, ours, dtype)
+            _assign(model, ours, tensor.to(device).contiguous(), requires_grad)
     for block in model.blocks:  # memory the file lacks: fresh, i.e. exactly the base model's behaviour
         memory = block.self_attn.memory
         if memory is not None and any(p.is_meta for p in memory.parameters()):
@@ -907,7 +920,12 @@ def load_model(path: Any, dtype: torch.dtype | str = torch.float32, device: torc
     if memory_path is not None:
         info["memory_file"] = apply_memory_file(model, memory_path)
     if lora_path is not None:
-        info["lora"] = merge_lora(model, lora_path, lora_strength, alpha=lora_alpha)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, delta in lora_deltas.items():
+                if name not in early:  # fresh or memory-file weights: merged into what the model holds
+                    params[name].copy_(_merged(params[name], delta, params[name].dtype))
+        info["lora"] = lora_info
     model.checkpoint_info = info
     return model
 
@@ -1033,11 +1051,11 @@ def _read_lora(lora: Any) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return tensors, extra
 
 
-def merge_lora(model: nn.Module, lora: Any, strength: float = 1.0, *, alpha: float | None = None) -> dict[str, Any]:
-    """Merge a LoRA into the model's linear weights in place: W += (alpha / rank) * strength * B @ A.
+def _plan_lora(model: nn.Module, lora: Any, strength: float, alpha: float | None
+               ) -> tuple[dict[str, Callable[[torch.device], Tensor]], dict[str, Any]]:
+    """Read and check a LoRA against the model's linears (shapes only: works on a meta-built model).
 
-    ``alpha``: overrides the file's alpha; without either, alpha = rank (LongLive: rank 256, alpha 256).
-    Returns a summary (modules merged, ranks, alphas, scale).
+    Returns ``{parameter name: device -> float32 delta}`` (empty at strength 0) and the summary.
     """
     tensors, extra = _read_lora(lora)
     if alpha is None:
@@ -1102,29 +1120,61 @@ def merge_lora(model: nn.Module, lora: Any, strength: float = 1.0, *, alpha: flo
                                   f"{tuple(lin.weight.shape)}")
         if e.diff_b is not None and (lin.bias is None or tuple(e.diff_b.shape) != tuple(lin.bias.shape)):
             raise CheckpointError(f"{label}: the bias delta for {name} does not fit the layer")
-        plans.append((name, lin, e))
+        plans.append((name, e))
     ranks, alphas, scales = set(), set(), set()
+    deltas: dict[str, Callable[[torch.device], Tensor]] = {}
+    for name, e in plans:
+        scale = None
+        if e.down is not None:
+            rank = e.down.shape[0]
+            a = float(alpha if alpha is not None else e.alpha if e.alpha is not None else rank)
+            scale = a / rank * float(strength)
+            ranks.add(rank)
+            alphas.add(a)
+            scales.add(scale)
+        if strength == 0:  # exactly the base weights, whatever rounding the merge would do
+            continue
+        if e.down is not None or e.diff is not None:
+            deltas[f"{name}.weight"] = functools.partial(_lora_weight_delta, e, scale, float(strength))
+        if e.diff_b is not None:
+            deltas[f"{name}.bias"] = functools.partial(_lora_bias_delta, e, float(strength))
+    summary = {"source": label, "wrapper": extra["wrapper"], "modules": len(plans), "ranks": sorted(ranks),
+               "alphas": sorted(alphas), "scales": sorted(scales), "strength": float(strength)}
+    return deltas, summary
+
+
+def _lora_weight_delta(e: _LoraModule, scale: float | None, strength: float, device: torch.device) -> Tensor:
+    """A module's float32 weight delta: ``scale * B @ A`` plus ``strength * diff``."""
+    delta = None
+    if e.down is not None:
+        delta = (e.up.to(device, torch.float32) @ e.down.to(device, torch.float32)) * scale
+    if e.diff is not None:
+        diff = e.diff.to(device, torch.float32) * strength
+        delta = diff if delta is None else delta + diff
+    return delta
+
+
+def _lora_bias_delta(e: _LoraModule, strength: float, device: torch.device) -> Tensor:
+    return e.diff_b.to(device, torch.float32) * strength
+
+
+def _merged(tensor: Tensor, delta: Callable[[torch.device], Tensor], dtype: torch.dtype) -> Tensor:
+    """``tensor + delta`` added in float32 and rounded to ``dtype`` once."""
+    return (tensor.float() + delta(tensor.device)).to(dtype)
+
+
+def merge_lora(model: nn.Module, lora: Any, strength: float = 1.0, *, alpha: float | None = None) -> dict[str, Any]:
+    """Merge a LoRA into the model's linear weights in place: W += (alpha / rank) * strength * B @ A.
+
+    ``alpha``: overrides the file's alpha; without either, alpha = rank (LongLive: rank 256, alpha 256).
+    The sum is taken in float32 and rounded to the weight's dtype; a bf16/fp16 model's weights are already
+    rounded, so ``load_model(..., lora_path=...)`` (which merges into the float32 weights before the cast) is the
+    more exact way. Returns a summary (modules merged, ranks, alphas, scale).
+    """
+    deltas, summary = _plan_lora(model, lora, strength, alpha)
+    params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, lin, e in plans:
-            w = lin.weight
-            delta = None
-            if e.down is not None:
-                rank = e.down.shape[0]
-                a = float(alpha if alpha is not None else e.alpha if e.alpha is not None else rank)
-                scale = a / rank * float(strength)
-                ranks.add(rank)
-                alphas.add(a)
-                scales.add(scale)
-                delta = (e.up.to(w.device, torch.float32) @ e.down.to(w.device, torch.float32)) * scale
-            if e.diff is not None:
-                diff = e.diff.to(w.device, torch.float32) * float(strength)
-                delta = diff if delta is None else delta + diff
-            if strength == 0:  # exactly the base weights, whatever rounding the merge would do
-                continue
-            if delta is not None:
-                w.copy_((w.float() + delta).to(w.dtype))
-            if e.diff_b is not None:
-                b = lin.bias
-                b.copy_((b.float() + e.diff_b.to(b.device, torch.float32) * float(strength)).to(b.dtype))
-    return {"source": label, "wrapper": extra["wrapper"], "modules": len(plans), "ranks": sorted(ranks),
-            "alphas": sorted(alphas), "scales": sorted(scales), "strength": float(strength)}
+        for name, delta in deltas.items():
+            p = params[name]
+            p.copy_(_merged(p, delta, p.dtype))
+    return summary
