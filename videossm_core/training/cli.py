@@ -43,6 +43,12 @@ def _add_common(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -
                    help="stop this process after this step (run in slices; rerun the same command to continue)")
 
 
+def _add_autocast(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--autocast", choices=["bf16"], default=None,
+                   help="run the forward passes under torch.autocast in bf16 (weights, gradients, optimizer and the "
+                        "memory state stay float32); default: float32 throughout")
+
+
 def _add_model_source(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(f"--{what}", required=True,
                    help=f"{what} weights: a run folder of the previous stage, a .safetensors written by "
@@ -63,6 +69,7 @@ def _add_conditioning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="latent height and width (default: from the teacher run; 16 16 for the demo)")
     p.add_argument("--compile", action="store_true", help="torch.compile the one-shot model passes")
+    _add_autocast(p)
     p.add_argument("--eval-vae", default=None, help="demo: VAE run/file to decode and measure the result with")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (each rank takes cuda:<local rank>)")
 
@@ -120,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--object-dilate", type=int, default=0, help="grow the weighted region by this many latent pixels")
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--compile", action="store_true")
+    _add_autocast(p)
     p.add_argument("--init", default=None,
                    help="start from these weights (load_model) instead of scratch: a teacher, or a distilled "
                         "generator to recover a teacher from (with --init-text-encoder)")

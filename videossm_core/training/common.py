@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -57,6 +58,33 @@ def make_adamw(param_groups: list[dict[str, Any]], lr: float, betas=(0.9, 0.999)
         g.setdefault("lr_scale", 1.0)
         g["lr"] = lr * g["lr_scale"]
     return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay, foreach=False)
+
+
+# ``--autocast``: the lower-precision dtype of the forward passes (bf16 only: fp16 training would need loss scaling).
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
+
+
+def autocast(mode: str | None, device: torch.device | str):
+    """The context for a training forward pass: with ``mode="bf16"`` matmuls and attention run in bf16 under
+    ``torch.autocast``, while the weights, their gradients, the optimizer, the residual stream, the norms and the
+    memory's state and gate math stay float32. ``None``: plain float32. Run the backward pass outside it."""
+    if not mode:
+        return contextlib.nullcontext()
+    if mode not in AUTOCAST_DTYPES:
+        raise ValueError(f"unknown autocast mode {mode!r}; use one of {sorted(AUTOCAST_DTYPES)} or none")
+    return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[mode])
+
+
+def with_autocast(fn, mode: str | None, device: torch.device | str):
+    """``fn`` (a model or model function) whose calls run under ``autocast(mode, device)``."""
+    if not mode:
+        return fn
+
+    def run(*args, **kwargs):
+        with autocast(mode, device):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def configure_threads(threads: int | None) -> None:

@@ -32,7 +32,7 @@ from ..config import SamplingConfig, StreamConfig
 from ..model.transformer import CausalWanModel
 from .checkpointing import (LossLog, resume_latest, load_generator, save_checkpoint,
                             save_generator, META_CONFIG)
-from .common import config_dict, lr_at, make_adamw, maybe_compile, optimizer_step, set_lr
+from .common import autocast, config_dict, lr_at, make_adamw, maybe_compile, optimizer_step, set_lr, with_autocast
 from .data import FilePrompts, PromptSource, TextConditioner, WorldPrompts
 from .distributed import (DistEnv, mean_across_ranks, per_sample_randn, resolve_device, sample_generator,
                           step_generator)
@@ -64,6 +64,7 @@ class DistillConfig:
     latent_frames: int = 21
     latent_size: tuple[int, int] | None = None
     compile: bool = False
+    autocast: str | None = None  # "bf16": forward passes under torch.autocast (common.autocast)
     guidance: float = 3.0
     guidance_max_sigma: float | None = None  # teacher CFG only at sigma <= this (dmd.interval_guidance)
     critic_lr: float = 2e-4
@@ -203,7 +204,7 @@ def make_ode_pairs(teacher: CausalWanModel, conditioner: TextConditioner, source
 
     levels = [t / sampling.num_train_timesteps for t in warped_timesteps(sampling)]
     sigmas = ode_sigmas(cfg.ode_solver_steps, cfg.shift, include=levels)
-    fn = maybe_compile(teacher, cfg.compile)
+    fn = with_autocast(maybe_compile(teacher, cfg.compile), cfg.autocast, teacher.device)
     noisy, clean, prompts = [], [], []
     for start in range(0, cfg.ode_pairs, batch):
         idx = list(range(start, min(cfg.ode_pairs, start + batch)))
@@ -252,7 +253,8 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
     shape = (c, cfg.latent_frames, h, w)
     chunk = stream.chunk_frames
     num_chunks = cfg.latent_frames // chunk
-    dmd = DMDTrainer(maybe_compile(teacher, cfg.compile), maybe_compile(critic, cfg.compile), cfg.dmd_config(), env,
+    dmd = DMDTrainer(with_autocast(maybe_compile(teacher, cfg.compile), cfg.autocast, device),
+                     with_autocast(maybe_compile(critic, cfg.compile), cfg.autocast, device), cfg.dmd_config(), env,
                      cfg.grad_clip, gen_opt, student_params, critic_opt, critic_params)
 
     ode_steps = cfg.ode_steps if cfg.ode_pairs > 0 else 0
@@ -291,7 +293,8 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
             clean = pairs["clean"][pick].float().to(device)
             state = rollout.new_state(len(idx), conditioner([pairs["prompts"][j] for j in pick]))
             set_lr(ode_opt, lr_at(step, ode_steps, cfg.ode_lr, cfg.warmup, cfg.min_lr_ratio))
-            loss = rollout.teacher_forced_loss(state, {k: noisy[:, k] for k in range(noisy.shape[1])}, clean)
+            with autocast(cfg.autocast, device):
+                loss = rollout.teacher_forced_loss(state, {k: noisy[:, k] for k in range(noisy.shape[1])}, clean)
             loss.backward()
             record["grad_norm"] = optimizer_step(ode_opt, student_params, env, cfg.grad_clip)
             record["phase"] = "ode"
@@ -309,7 +312,7 @@ def train_stage1(cfg: Stage1Config, env: DistEnv, teacher: CausalWanModel | None
             noise = noise_fn_for(cfg, data_step, idx, (c, chunk, h, w))
             set_lr(gen_opt, lr_at(dstep, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio))
             set_lr(critic_opt, lr_at(dstep, cfg.steps, cfg.critic_lr, cfg.warmup, cfg.min_lr_ratio))
-            with torch.set_grad_enabled(update_generator):
+            with torch.set_grad_enabled(update_generator), autocast(cfg.autocast, device):
                 x0 = rollout.run_chunks(state, num_chunks, noise, exits, grad=True)
             record["phase"] = "dmd"
             record.update(dmd.step(x0, cond, uncond, cfg.seed, data_step, idx, update_generator))

@@ -30,7 +30,7 @@ import torch
 from ..model.transformer import CausalWanModel
 from ..state import StreamState
 from .checkpointing import LossLog, resume_latest, save_checkpoint, save_generator
-from .common import config_dict, lr_at, make_adamw, maybe_compile, set_lr
+from .common import autocast, config_dict, lr_at, make_adamw, maybe_compile, set_lr, with_autocast
 from .data import TextConditioner
 from .distributed import DistEnv, resolve_device, step_generator
 from .dmd import DMDTrainer
@@ -118,7 +118,8 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
     chunk = stream.chunk_frames
     window_chunks = cfg.latent_frames // chunk
     max_chunks = max(window_chunks, cfg.rollout_frames // chunk)
-    dmd = DMDTrainer(maybe_compile(teacher, cfg.compile), maybe_compile(critic, cfg.compile), cfg.dmd_config(), env,
+    dmd = DMDTrainer(with_autocast(maybe_compile(teacher, cfg.compile), cfg.autocast, device),
+                     with_autocast(maybe_compile(critic, cfg.compile), cfg.autocast, device), cfg.dmd_config(), env,
                      cfg.grad_clip, gen_opt, trained, critic_opt, critic_params)
 
     step, local = resume_latest(workdir, env, log, {"student": student, "critic": critic, "gen_opt": gen_opt,
@@ -137,7 +138,8 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
             carried = CarriedRollout(rollout.new_state(len(idx), conditioner(prompts)), prompts, data_step)
         elif torch.rand((), generator=step_generator(cfg.seed, data_step, "switch")) < cfg.switch_prob:
             carried.prompts = [source.switch(p, cfg.seed, data_step, i) for p, i in zip(carried.prompts, idx)]
-            rollout.switch_prompt(carried.state, conditioner(carried.prompts))
+            with autocast(cfg.autocast, device):
+                rollout.switch_prompt(carried.state, conditioner(carried.prompts))
             carried.switches += 1
             switched = True
         state = carried.state
@@ -148,7 +150,7 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
         set_lr(gen_opt, lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio))
         set_lr(critic_opt, lr_at(step, cfg.steps, cfg.critic_lr, cfg.warmup, cfg.min_lr_ratio))
         window_start = state.next_frame
-        with torch.set_grad_enabled(update_generator):
+        with torch.set_grad_enabled(update_generator), autocast(cfg.autocast, device):
             x0 = rollout.run_chunks(state, window_chunks, noise, exits, grad=True)
         record.update(dmd.step(x0, cond, uncond, cfg.seed, data_step, idx, update_generator))
         if update_generator:

@@ -29,7 +29,7 @@ from ..model.transformer import CausalWanModel
 from ..text import DemoTextEncoder
 from .checkpointing import (EMA, LossLog, continue_from_run, latest_checkpoint, resume_latest, save_checkpoint,
                             save_generator)
-from .common import config_dict, lr_at, make_adamw, maybe_compile, optimizer_step, set_lr
+from .common import autocast, config_dict, lr_at, make_adamw, maybe_compile, optimizer_step, set_lr
 from .data import LatentDataset, cached_world_dataset, latent_object_masks
 from .distributed import DistEnv, mean_across_ranks, per_sample_rand, per_sample_randn, resolve_device
 
@@ -58,6 +58,7 @@ class TeacherTrainConfig:
     object_dilate: int = 0  # grow that region by this many latent pixels (weights the object's surroundings too)
     ema: float = 0.995
     compile: bool = False
+    autocast: str | None = None  # "bf16": forward passes under torch.autocast (common.autocast)
     checkpoint_every: int = 100
     log_every: int = 10
     fixed_batch: bool = False
@@ -253,7 +254,8 @@ def train_teacher(cfg: TeacherTrainConfig, env: DistEnv, dataset: LatentDataset 
         weight = None
         if cfg.object_weight > 0 and dataset.last_masks is not None:
             weight = 1.0 + cfg.object_weight * dataset.last_masks.to(x0.device)
-        loss = flow_matching_loss(forward, x0, context, sigma, noise, weight)
+        with autocast(cfg.autocast, device):
+            loss = flow_matching_loss(forward, x0, context, sigma, noise, weight)
         loss.backward()
         gnorm = optimizer_step(opt, params + text_params, env, cfg.grad_clip)
         step += 1
