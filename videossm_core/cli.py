@@ -118,9 +118,12 @@ def cmd_generate(args) -> int:
         sampling = dataclasses.replace(sampling, guidance_scale=args.guidance)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     state_path = args.state_out or os.path.splitext(args.out)[0] + ".state.safetensors"
+    if args.compile:
+        model.compile_streaming()
     events = generate_video(model, vae, encode, schedule, args.seconds, width, height, video_path=args.out,
                             state=state, seed=args.seed, stream=stream, sampling=sampling,
-                            negative_prompt=args.negative, state_path=state_path)
+                            negative_prompt=args.negative, state_path=state_path,
+                            checkpoint_seconds=args.checkpoint_every)
     bar = None
     started = time.perf_counter()
     try:
@@ -133,6 +136,7 @@ def cmd_generate(args) -> int:
         print(f"\nstopped: {args.out} holds what was made; continue with --resume {state_path}", file=sys.stderr)
         return 130
     finally:
+        events.close()  # a stop saves the state of what the video holds, now rather than at garbage collection
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - started
@@ -176,8 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--positions", choices=["absolute", "unbounded"], default="unbounded",
                      help="RoPE frame positions (default unbounded); absolute stops at 1024 latent frames (~256 s)")
     gen.add_argument("--horizon", type=int, help="router horizon T in latent frames (default: the video length)")
-    gen.add_argument("--device", default="cpu")
-    gen.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    gen.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                     help="compute dtype (bf16 on a GPU; the memory state stays float32)")
+    gen.add_argument("--compile", action="store_true",
+                     help="torch.compile the streaming block (the first chunks compile, then run faster)")
+    gen.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                     help="save the stream state after this much wall time (default 60; 0 = every chunk); "
+                          "it is always saved at the end and on a stop")
     gen.set_defaults(func=cmd_generate)
 
     ins = sub.add_parser("inspect", help="summarise a saved stream state")

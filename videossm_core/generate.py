@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -27,6 +28,9 @@ from .schedule import PromptSchedule, chunks_for_duration
 from .state import StreamState
 from .vae import StreamingDecoder, WanVAE
 from .video_io import Mp4Writer, frames_to_uint8
+
+# Stream-state checkpoints: every minute of wall time (a full-size state is GBs), and at every stop.
+DEFAULT_CHECKPOINT_SECONDS = 60.0
 
 # A prompt -> conditioning [1, L, text_dim] function (demo encoder, UMT5, ComfyUI's CLIP, ...).
 PromptEncoder = Callable[[str], Tensor]
@@ -120,7 +124,7 @@ def generate_video(
     sampling: SamplingConfig | None = None,
     negative_prompt: str | None = None,
     state_path: str | os.PathLike | None = None,
-    checkpoint_every: int = 1,
+    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
     fps: int = DEFAULT_FPS,
     copy_state: bool = True,
 ) -> Iterator[ChunkEvent]:
@@ -129,7 +133,9 @@ def generate_video(
     With ``state`` the stream continues (the caller's state is not modified: a copy advances, unless
     ``copy_state=False`` hands over a state the caller will not use again). The
     mp4 at ``video_path`` is written as the chunks come; ``state_path`` receives the state (with the
-    decoder caches) every ``checkpoint_every`` chunks and when the run ends or stops.
+    decoder caches) when ``checkpoint_seconds`` of wall time have passed since the last save (0: after
+    every chunk), at the last chunk, and when the run is stopped or fails between chunks. A save
+    costs a full write of the state (GBs at 832x480), which is why the default is time-based.
     """
     stride = vae.spatial_stride  # Wan2.1: 8; the demo's reduced VAE: 4
     if width % stride or height % stride:
@@ -154,25 +160,34 @@ def generate_video(
     sampler = StreamSampler(model)
     done = 0
     saved = 0  # chunks covered by the state file
+    last_save = time.monotonic()
+    between_chunks = True  # the live state matches the frames written (false while a chunk is under way)
     try:
-        for out in sampler.stream_chunks_inplace(state, segments, total, latent_hw):
+        for _ in range(total):
+            between_chunks = False
+            out = sampler.generate_chunk_inplace(state, segments, latent_hw)
             with torch.no_grad():
                 frames = frames_to_uint8(decoder.decode_chunk(out.latents.to(vae.device, vae.dtype)))
             store_decoder(state, decoder)
             if writer is not None:
                 writer.write(frames)
             done += 1
-            if state_path is not None and (done % checkpoint_every == 0 or done == total):
+            between_chunks = True
+            if state_path is not None and (done == total or time.monotonic() - last_save >= checkpoint_seconds):
                 state.save(state_path)
-                saved = done
+                saved, last_save = done, time.monotonic()
             yield ChunkEvent(out.index, done, total, out.latents, frames, state.prompt, out.switched, state,
                              None if video_path is None else os.fspath(video_path),
                              0 if writer is None else writer.frames_written)
-    except GeneratorExit:
-        # Stopped between chunks (Cancel, a consumer that has seen enough): the state is consistent
-        # with the video written so far, so keep it.
-        if state_path is not None and done > saved:
-            state.save(state_path)
+    except BaseException:
+        # Stopped (Cancel, Ctrl-C, a consumer that has seen enough) or failed between chunks: the live
+        # state is consistent with the video written so far, so keep it. A failure inside a chunk
+        # leaves the state half advanced; then the last checkpoint stands.
+        if state_path is not None and between_chunks and done > saved:
+            try:
+                state.save(state_path)
+            except OSError as err:
+                print(f"warning: {err}", file=sys.stderr)  # the error that stopped the run matters more
         raise
     finally:
         if writer is not None:

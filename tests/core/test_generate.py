@@ -26,11 +26,11 @@ def parts():
     return model, vae, table.__getitem__
 
 
-def _run(parts, tmp_path, name, seconds, state=None, stop_after=None):
+def _run(parts, tmp_path, name, seconds, state=None, stop_after=None, **kwargs):
     model, vae, encode = parts
     events = generate_video(model, vae, encode, SCHEDULE, seconds, SIZE, SIZE, video_path=tmp_path / f"{name}.mp4",
                             state=state, seed=4, stream=StreamConfig(window_frames=6),
-                            state_path=tmp_path / f"{name}.state.safetensors")
+                            state_path=tmp_path / f"{name}.state.safetensors", **kwargs)
     frames = []
     for event in events:
         frames.append(event.frames)
@@ -92,7 +92,56 @@ def test_full_disk_while_writing_keeps_what_was_made(parts, tmp_path, monkeypatc
 
     monkeypatch.setattr(video_io.Mp4Writer, "write", failing_write)
     with pytest.raises(video_io.VideoWriteError, match="disk may be full"):
-        _run(parts, tmp_path, "disk", 3.0)
+        _run(parts, tmp_path, "disk", 3.0, checkpoint_seconds=0)  # a checkpoint after every chunk
     assert len(read_video(tmp_path / "disk.mp4")) == 21  # chunks 0 and 1 are in the video
     state = StreamState.load(tmp_path / "disk.state.safetensors")
     assert state.next_frame == 6  # the state matches the video: resume from it after freeing space
+
+
+def _saved_frames(parts, tmp_path, name, seconds, clock_step, **kwargs):
+    """Run with a fake wall clock advancing ``clock_step`` s per reading; the chunk counts at which
+    the state file was written."""
+    from unittest import mock
+
+    model, vae, encode = parts
+    path = tmp_path / f"{name}.state.safetensors"
+    saves = []
+    real_save = StreamState.save
+
+    def spy(state, p):
+        saves.append(state.next_frame // 3)
+        return real_save(state, p)
+
+    ticks = iter(range(0, 10**6, clock_step))
+    with mock.patch("videossm_core.generate.time.monotonic", side_effect=lambda: float(next(ticks))), \
+            mock.patch.object(StreamState, "save", spy):
+        events = generate_video(model, vae, encode, SCHEDULE, seconds, SIZE, SIZE, video_path=tmp_path / f"{name}.mp4",
+                                seed=4, stream=StreamConfig(window_frames=6), state_path=path, **kwargs)
+        stop = kwargs.pop("stop_after", None)
+        for event in events:
+            if stop is not None and event.done == stop:
+                events.close()
+                break
+    return saves
+
+
+def test_state_checkpoints_follow_wall_time_not_chunks(parts, tmp_path):
+    # 5 chunks; the clock advances 25 s per reading (one after each chunk, one after each save): the
+    # first save once 60 s have passed (chunk 3), then the last chunk's
+    assert _saved_frames(parts, tmp_path, "timed", 3.0, 25) == [3, 5]
+    assert _saved_frames(parts, tmp_path, "default", 3.0, 1) == [5]  # a short run: only its end
+    assert _saved_frames(parts, tmp_path, "every", 3.0, 1, checkpoint_seconds=0) == [1, 2, 3, 4, 5]
+
+
+def test_a_stop_between_timed_checkpoints_saves_the_state_of_the_video(parts, tmp_path):
+    model, vae, encode = parts
+    events = generate_video(model, vae, encode, SCHEDULE, 3.0, SIZE, SIZE, video_path=tmp_path / "s.mp4",
+                            seed=4, stream=StreamConfig(window_frames=6), state_path=tmp_path / "s.state.safetensors",
+                            checkpoint_seconds=3600)
+    for event in events:
+        if event.done == 3:
+            break
+    assert not (tmp_path / "s.state.safetensors").exists()  # nothing was due yet
+    events.close()  # what Cancel and Ctrl-C do
+    assert StreamState.load(tmp_path / "s.state.safetensors").next_frame == 9
+    assert len(read_video(tmp_path / "s.mp4")) == 9 + 12 + 12
