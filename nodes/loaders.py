@@ -58,12 +58,15 @@ class VideoSSMModelLoader(io.ComfyNode):
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
                                tooltip="auto: bf16 on a GPU, fp32 on the CPU"),
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto"),
+                io.Boolean.Input("compile", default=False, optional=True,
+                                 tooltip="Compile the model with torch.compile for faster chunks on a GPU. The "
+                                         "first chunks of a run take longer while it compiles."),
             ],
             outputs=[VideoSSMModel.Output(display_name="model")],
         )
 
     @classmethod
-    def execute(cls, checkpoint, memory_file, lora, lora_strength, dtype, device) -> io.NodeOutput:
+    def execute(cls, checkpoint, memory_file, lora, lora_strength, dtype, device, compile=False) -> io.NodeOutput:
         dev = _device(device)
         dt = _dtype(dtype, dev)
         if checkpoint == DEMO_CHOICE:
@@ -71,6 +74,8 @@ class VideoSSMModelLoader(io.ComfyNode):
                 raise FileNotFoundError("the demo model files are missing from videossm_core/demo/weights; "
                                         "reinstall the suite")
             bundle = load_demo_bundle(device=dev, dtype=dt)
+            if compile:
+                bundle.model.compile_streaming()
             return io.NodeOutput(LoadedModel(bundle.model, "videossm-demo", bundle.text_encoder, bundle.vae,
                                              tuple(bundle.resolution), bundle.fps))
         path = folder_paths.get_full_path_or_raise("diffusion_models", checkpoint)
@@ -81,4 +86,6 @@ class VideoSSMModelLoader(io.ComfyNode):
                                lora_strength=lora_strength)
         except CheckpointError as err:
             raise ValueError(f"{checkpoint}: {err}") from None
+        if compile:
+            model.compile_streaming()
         return io.NodeOutput(LoadedModel(model, checkpoint))

@@ -11,7 +11,7 @@ from comfy_api.input_impl import VideoFromFile
 from comfy_api.latest import io, ui
 from PIL import Image
 
-from ..videossm_core.generate import generate_video, prefill_from_frames
+from ..videossm_core.generate import DEFAULT_CHECKPOINT_SECONDS, generate_video, prefill_from_frames
 from ..videossm_core.schedule import ScheduleError
 from ..videossm_core.vae import vae_from_state_dict
 from ._files import check_relative_name, output_path
@@ -32,7 +32,7 @@ def streaming_vae(loaded, vae):
             raise ValueError(f"this VAE does not fit the model (needs a Wan2.1 VAE with "
                              f"{loaded.model.config.in_dim} latent channels, e.g. wan_2.1_vae.safetensors)")
         try:
-            return vae_from_state_dict(first_stage.state_dict(), dtype=torch.float32,
+            return vae_from_state_dict(first_stage.state_dict(), dtype=loaded.model.dtype,
                                        device=loaded.model.device, source="the connected VAE")
         except ValueError as err:
             raise ValueError(f"the connected VAE cannot stream-decode: {err}") from None
@@ -74,6 +74,11 @@ class VideoSSMSampler(io.ComfyNode):
                 io.Int.Input("height", default=480, min=16, max=4096, step=16),
                 io.String.Input("filename_prefix", default="videossm/stream"),
                 io.Vae.Input("vae", optional=True, tooltip="Wan2.1 VAE from VAELoader; the demo model brings its own"),
+                io.Float.Input("checkpoint_every", default=DEFAULT_CHECKPOINT_SECONDS, min=0.0, max=3600.0, step=10.0,
+                               optional=True,
+                               tooltip="Seconds of generation between saves of the stream state next to the video "
+                                       "(0 = after every chunk). It is always saved at the end and on Cancel. A "
+                                       "full-size state is several GB, so saving often slows the run."),
             ],
             outputs=[
                 VideoSSMState.Output(display_name="state"),
@@ -99,7 +104,7 @@ class VideoSSMSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, state, schedule, seconds, seed, steps, width, height, filename_prefix,
-                vae=None) -> io.NodeOutput:
+                vae=None, checkpoint_every=DEFAULT_CHECKPOINT_SECONDS) -> io.NodeOutput:
         wan_vae = streaming_vae(model, vae)
         video_path, subfolder, filename = output_path(filename_prefix, ".mp4")
         state_path = video_path[: -len(".mp4")] + ".state.safetensors"
@@ -120,7 +125,7 @@ class VideoSSMSampler(io.ComfyNode):
         # a generator: its checks (e.g. the schedule against the length) run at the first chunk, in the loop
         events = generate_video(model.model, wan_vae, encode, schedule.schedule, seconds, width, height,
                                 video_path=video_path, state=run_state, seed=seed, state_path=state_path,
-                                fps=model.fps, copy_state=False)
+                                checkpoint_seconds=checkpoint_every, fps=model.fps, copy_state=False)
         pbar = None
         last = None
         try:

@@ -240,6 +240,9 @@ def test_object_info_documents_inputs_and_outputs(comfy):
     dtypes, opts = _spec(info, "VideoSSMModelLoader", "dtype")
     assert dtypes == ["auto", "fp32", "bf16", "fp16"] and opts.get("default") == "auto"
     assert _spec(info, "VideoSSMModelLoader", "device")[0] == ["auto", "cpu"]
+    assert optional("VideoSSMModelLoader") == ["compile"]
+    kind, opts = _spec(info, "VideoSSMModelLoader", "compile")
+    assert kind == "BOOLEAN" and opts["default"] is False and "torch.compile" in opts["tooltip"]
     assert info["VideoSSMModelLoader"]["output"] == ["VIDEOSSM_MODEL"]
 
     # --- new stream
@@ -286,7 +289,9 @@ def test_object_info_documents_inputs_and_outputs(comfy):
     # --- sampler
     assert required("VideoSSMSampler") == ["model", "state", "schedule", "seconds", "seed", "steps", "width",
                                            "height", "filename_prefix"]
-    assert optional("VideoSSMSampler") == ["vae"]
+    assert optional("VideoSSMSampler") == ["vae", "checkpoint_every"]
+    kind, opts = _spec(info, "VideoSSMSampler", "checkpoint_every")
+    assert kind == "FLOAT" and opts["default"] == 60.0 and opts["min"] == 0.0
     assert [_spec(info, "VideoSSMSampler", n)[0] for n in ("model", "state", "schedule", "vae")] == [
         "VIDEOSSM_MODEL", "VIDEOSSM_STATE", "VIDEOSSM_SCHEDULE", "VAE"]
     kind, opts = _spec(info, "VideoSSMSampler", "seed")
