@@ -66,3 +66,17 @@ def test_host_to_device_copies_do_not_grow_with_depth():
     deep = [r.host_to_device for r in _traffic_per_chunk(num_layers=5)]
     assert shallow == deep
     assert max(shallow) <= 120  # 5 model calls x 2 CFG branches x ~8 plan tensors + noise + prompt, not x layers
+
+
+def test_memory_out_gate_runs_in_the_compute_dtype():
+    """Only the state, its gates and the delta-rule math are float32; the [dim, dim] out-gate
+    projection is an ordinary linear in the model's dtype."""
+    model = make_tiny_model(active_memory=True).to(torch.bfloat16)
+    seen = []
+    for block in model.blocks:
+        block.self_attn.memory.out_gate.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    state = StreamState.new(model.config, StreamConfig(chunk_frames=3, sink_frames=3, window_frames=6),
+                            SamplingConfig(), seed=0)
+    StreamSampler(model).generate_chunk_inplace(state, [PromptSegment(0, "a", text(0))], (4, 4))
+    assert seen and set(seen) == {torch.bfloat16}
+    assert state.branches["cond"].layers[0].g.dtype == torch.float32
