@@ -96,3 +96,114 @@ def test_the_worlds_own_frames_reach_the_measurement_through_the_vae_and_the_mp4
     rows = bench.chunk_rows(decoded, schedule, total=4)
     assert [r["ok"] for r in rows] == [True, True, True, True]
     assert bench.switch_latencies([r["ok"] for r in rows], [2]) == [0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# speed benchmarks: their code paths at toy sizes (the figures themselves come from real runs)
+
+
+def _bench(name: str):
+    import sys
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _numbers(line: str, label: str) -> list[float]:
+    return [float(x) for x in line[len(label):].split() if x != "-"]
+
+
+def test_bench_gpu_tiny_prints_every_row_with_finite_figures(tmp_path, capsys):
+    """``bench_gpu.py --tiny``: all four runs (compiled ones through compile_streaming with dynamo's eager
+    backend, so no C++ compiler is needed), the bf16/fp32 deviation and the write comparison, in the table
+    and in the JSON."""
+    import json
+    import math
+
+    import torch
+
+    bench = _bench("bench_gpu")
+    threads = torch.get_num_threads()
+    try:
+        # warm-up 4: the window is full after chunk 3, so the one measured chunk evicts (a memory write)
+        assert bench.main(["--tiny", "--warmup", "4", "--chunks", "1", "--compile-backend", "eager",
+                           "--json", str(tmp_path / "out.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        torch._dynamo.reset()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    labels = ["window-only eager", "hybrid eager", "window-only compiled", "hybrid compiled"]
+    for label in labels:
+        (line,) = [ln for ln in lines if ln.startswith(label + " ")]
+        values = _numbers(line, label)
+        assert len(values) == 7 and all(math.isfinite(v) and v > 0 for v in values), line  # no VRAM on the CPU
+        assert values[0] == 1  # measured chunks
+    assert any(ln.startswith("hybrid / window-only (eager)") for ln in lines)
+    assert any(ln.startswith("compiled / eager (hybrid)") for ln in lines)
+    assert "chunk 4:" in out and "memory write of one eviction (48 tokens x 2 heads x 32" in out
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert [r["label"] for r in report["rows"]] == labels
+    for row in report["rows"]:
+        for key in ("denoise_ms", "denoise_fps", "with_decode_ms", "with_decode_fps", "first_chunk_ms"):
+            assert math.isfinite(row[key]) and row[key] > 0
+        assert row["memory_writes"] == (1 if row["memory"] else 0)
+    assert len(report["bf16_vs_fp32"]) == 5 and all(0 < d < 0.05 for d in report["bf16_vs_fp32"])
+    write = report["write"]
+    assert write["auto_resolves_to"] == "chunkwise" and write["chunkwise_vs_fp64_max_abs"] < 1e-4
+    assert write["fla_ms"] is None and write["fla_missing"] == "needs CUDA"
+
+
+def test_bench_gpu_without_a_gpu_says_it_needs_one():
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gpu.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0 and "needs a CUDA GPU" in done.stdout and "--tiny" in done.stdout
+
+
+def test_bench_streaming_full_dims_block_measures_both_modes_and_the_memory_parts(capsys):
+    """The full-width single block at 2x2 tokens per frame: every measured hybrid chunk writes the memory."""
+    import math
+
+    import torch
+
+    bench = _bench("bench_streaming")
+    threads = torch.get_num_threads()
+    try:
+        result = bench.full_dims_block((2, 2), chunks=2, threads=threads)
+    finally:
+        torch.set_num_threads(threads)
+    assert result["tokens_per_frame"] == 4 and result["memory_writes_per_chunk"] == 1.0
+    assert len(result["window_ms_all"]) == len(result["hybrid_ms_all"]) == 2
+    for key in ("window_ms", "hybrid_ms", "ratio", "window_cpu_ms", "hybrid_cpu_ms", "cpu_ratio"):
+        assert math.isfinite(result[key]) and result[key] > 0
+    assert set(result["parts_ms"]) == set(result["parts_cpu_ms"]) == {"gates", "write", "read", "out_gate"}
+    assert all(v > 0 for v in result["parts_ms"].values())
+    assert result["parts_ms"]["out_gate"] < result["parts_ms"]["read"]  # the out-gate runs inside the read
+    bench.print_full_dims_block(result)
+    out = capsys.readouterr().out
+    assert "dim 1536, 12 heads, ffn 8960, 2x2 = 4 tokens" in out and "hybrid / window-only " in out
+
+
+def test_bench_streaming_cache_modes_run():
+    """The three cache modes' worker at the tiny preset: chunks timed, evictions into the hybrid memory only."""
+    import torch
+
+    bench = _bench("bench_streaming")
+    threads = torch.get_num_threads()
+    try:
+        runs = {mode: bench.run_mode(mode, 6, "tiny", (4, 4), threads) for mode in ("full", "window", "hybrid")}
+    finally:
+        torch.set_num_threads(threads)
+    assert all(len(r["times"]) == 6 and len(r["rss"]) == 6 for r in runs.values())
+    assert runs["full"]["evicted_frames"] == 0
+    assert runs["window"]["evicted_frames"] == runs["hybrid"]["evicted_frames"] == 6
+    assert runs["window"]["memory_writes"] == 0 and runs["hybrid"]["memory_writes"] == 2
