@@ -78,7 +78,8 @@ class VideoSSMSampler(io.ComfyNode):
                                optional=True,
                                tooltip="Seconds of generation between saves of the stream state next to the video "
                                        "(0 = after every chunk). It is always saved at the end and on Cancel. A "
-                                       "full-size state is several GB, so saving often slows the run."),
+                                       "full-size state is about 5 GB, so saves are spaced further apart when one "
+                                       "is slow, keeping them under 5% of the run."),
             ],
             outputs=[
                 VideoSSMState.Output(display_name="state"),

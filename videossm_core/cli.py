@@ -186,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compile", action="store_true",
                      help="torch.compile the streaming block (the first chunks compile, then run faster)")
     gen.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
-                     help="save the stream state after this much wall time (default 60; 0 = every chunk); "
-                          "it is always saved at the end and on a stop")
+                     help="save the stream state after this much wall time (default 60; further apart if a save "
+                          "is slow, so saving stays under 5%% of the run; 0 = after every chunk); it is always "
+                          "saved at the end and on a stop")
     gen.set_defaults(func=cmd_generate)
 
     ins = sub.add_parser("inspect", help="summarise a saved stream state")

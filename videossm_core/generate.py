@@ -29,8 +29,10 @@ from .state import StreamState
 from .vae import StreamingDecoder, WanVAE
 from .video_io import Mp4Writer, frames_to_uint8
 
-# Stream-state checkpoints: every minute of wall time (a full-size state is GBs), and at every stop.
+# Stream-state checkpoints: every minute of wall time (a full-size state is GBs), and at every stop;
+# further apart when one save is slow (a slow disk), so that saving takes at most this share of a run.
 DEFAULT_CHECKPOINT_SECONDS = 60.0
+MAX_CHECKPOINT_SHARE = 0.05
 
 # A prompt -> conditioning [1, L, text_dim] function (demo encoder, UMT5, ComfyUI's CLIP, ...).
 PromptEncoder = Callable[[str], Tensor]
@@ -133,9 +135,11 @@ def generate_video(
     With ``state`` the stream continues (the caller's state is not modified: a copy advances, unless
     ``copy_state=False`` hands over a state the caller will not use again). The
     mp4 at ``video_path`` is written as the chunks come; ``state_path`` receives the state (with the
-    decoder caches) when ``checkpoint_seconds`` of wall time have passed since the last save (0: after
-    every chunk), at the last chunk, and when the run is stopped or fails between chunks. A save
-    costs a full write of the state (GBs at 832x480), which is why the default is time-based.
+    decoder caches) when ``checkpoint_seconds`` of wall time have passed since the last save, at the
+    last chunk, and when the run is stopped or fails between chunks. A save is a full write of the
+    state (about 5 GB at 832x480), so the interval also stretches to keep saving under
+    ``MAX_CHECKPOINT_SHARE`` of the wall time when saves are slow; ``checkpoint_seconds=0`` saves
+    after every chunk whatever it costs.
     """
     stride = vae.spatial_stride  # Wan2.1: 8; the demo's reduced VAE: 4
     if width % stride or height % stride:
@@ -161,6 +165,7 @@ def generate_video(
     done = 0
     saved = 0  # chunks covered by the state file
     last_save = time.monotonic()
+    interval = checkpoint_seconds
     between_chunks = True  # the live state matches the frames written (false while a chunk is under way)
     try:
         for _ in range(total):
@@ -173,9 +178,13 @@ def generate_video(
                 writer.write(frames)
             done += 1
             between_chunks = True
-            if state_path is not None and (done == total or time.monotonic() - last_save >= checkpoint_seconds):
+            if state_path is not None and (done == total or time.monotonic() - last_save >= interval):
+                started = time.monotonic()
                 state.save(state_path)
                 saved, last_save = done, time.monotonic()
+                if checkpoint_seconds > 0:
+                    spent = last_save - started
+                    interval = max(checkpoint_seconds, spent * (1 - MAX_CHECKPOINT_SHARE) / MAX_CHECKPOINT_SHARE)
             yield ChunkEvent(out.index, done, total, out.latents, frames, state.prompt, out.switched, state,
                              None if video_path is None else os.fspath(video_path),
                              0 if writer is None else writer.frames_written)

@@ -98,39 +98,44 @@ def test_full_disk_while_writing_keeps_what_was_made(parts, tmp_path, monkeypatc
     assert state.next_frame == 6  # the state matches the video: resume from it after freeing space
 
 
-def _saved_frames(parts, tmp_path, name, seconds, clock_step, **kwargs):
-    """Run with a fake wall clock advancing ``clock_step`` s per reading; the chunk counts at which
-    the state file was written."""
+def _saved_chunks(parts, tmp_path, name, seconds, chunk_seconds, save_seconds=0.0, **kwargs):
+    """Run on a fake wall clock (each chunk takes ``chunk_seconds``, each save ``save_seconds``); the
+    chunk counts at which the state file was written."""
     from unittest import mock
 
     model, vae, encode = parts
-    path = tmp_path / f"{name}.state.safetensors"
+    clock = {"now": 0.0}
     saves = []
     real_save = StreamState.save
 
-    def spy(state, p):
+    def timed_save(state, path):
         saves.append(state.next_frame // 3)
-        return real_save(state, p)
+        clock["now"] += save_seconds
+        return real_save(state, path)
 
-    ticks = iter(range(0, 10**6, clock_step))
-    with mock.patch("videossm_core.generate.time.monotonic", side_effect=lambda: float(next(ticks))), \
-            mock.patch.object(StreamState, "save", spy):
-        events = generate_video(model, vae, encode, SCHEDULE, seconds, SIZE, SIZE, video_path=tmp_path / f"{name}.mp4",
-                                seed=4, stream=StreamConfig(window_frames=6), state_path=path, **kwargs)
-        stop = kwargs.pop("stop_after", None)
-        for event in events:
-            if stop is not None and event.done == stop:
-                events.close()
-                break
+    with mock.patch("videossm_core.generate.time.monotonic", side_effect=lambda: clock["now"]), \
+            mock.patch.object(StreamState, "save", timed_save):
+        for _ in generate_video(model, vae, encode, SCHEDULE, seconds, SIZE, SIZE, video_path=tmp_path / f"{name}.mp4",
+                                seed=4, stream=StreamConfig(window_frames=6),
+                                state_path=tmp_path / f"{name}.state.safetensors", **kwargs):
+            clock["now"] += chunk_seconds
     return saves
 
 
 def test_state_checkpoints_follow_wall_time_not_chunks(parts, tmp_path):
-    # 5 chunks; the clock advances 25 s per reading (one after each chunk, one after each save): the
-    # first save once 60 s have passed (chunk 3), then the last chunk's
-    assert _saved_frames(parts, tmp_path, "timed", 3.0, 25) == [3, 5]
-    assert _saved_frames(parts, tmp_path, "default", 3.0, 1) == [5]  # a short run: only its end
-    assert _saved_frames(parts, tmp_path, "every", 3.0, 1, checkpoint_seconds=0) == [1, 2, 3, 4, 5]
+    # 5 chunks of 25 s: the first save once 60 s have passed (after chunk 4), then the last chunk's
+    assert _saved_chunks(parts, tmp_path, "timed", 3.0, 25) == [4, 5]
+    assert _saved_chunks(parts, tmp_path, "short", 3.0, 1) == [5]  # a short run: only its end
+    assert _saved_chunks(parts, tmp_path, "every", 3.0, 1, checkpoint_seconds=0) == [1, 2, 3, 4, 5]
+
+
+def test_slow_saves_are_spaced_to_cost_at_most_five_percent(parts, tmp_path):
+    # 13 chunks of 25 s; a save takes 10 s, so after the first one the interval grows from 60 s to
+    # 10 s * 0.95 / 0.05 = 190 s: saves after chunks 4 and 12 (and the last), not every 60 s
+    saves = _saved_chunks(parts, tmp_path, "slow", 9.5625, 25, save_seconds=10)
+    assert saves == [4, 12, 13]  # from the second save on, 10 s of saving per >= 190 s of run: <= 5 %
+    # an explicit "every chunk" is kept whatever it costs
+    assert _saved_chunks(parts, tmp_path, "every", 3.0, 25, save_seconds=10, checkpoint_seconds=0) == [1, 2, 3, 4, 5]
 
 
 def test_a_stop_between_timed_checkpoints_saves_the_state_of_the_video(parts, tmp_path):
