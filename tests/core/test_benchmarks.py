@@ -207,3 +207,20 @@ def test_bench_streaming_cache_modes_run():
     assert runs["full"]["evicted_frames"] == 0
     assert runs["window"]["evicted_frames"] == runs["hybrid"]["evicted_frames"] == 6
     assert runs["window"]["memory_writes"] == 0 and runs["hybrid"]["memory_writes"] == 2
+
+
+def test_bench_state_saves_a_state_of_the_asked_shape_and_reports_the_policy(tmp_path, capsys):
+    """``bench_state.py`` at a toy shape: the state file is written and read back, every part is
+    sized, and the default policy's share is the capped one (<= 5 %) with the interval it implies."""
+    import json
+
+    bench = _bench("bench_state")
+    out = tmp_path / "figures.json"
+    assert bench.main(["--dir", str(tmp_path / "files"), "--preset", "tiny", "--grid", "2", "2", "--no-vae-cache",
+                       "--demo-seconds", "0", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())["full_size"]
+    assert set(figures["sizes_mib"]) >= {"k", "v", "g", "beta", "memory", "text_k", "text_v"}
+    assert figures["file_mib"] > 0 and figures["save_s"] > 0
+    assert figures["default_interval_s"] >= 60 and figures["share_at_default_policy"] <= 0.05 + 1e-9
+    assert "default policy saves every" in capsys.readouterr().out
+    assert not (tmp_path / "files").exists()  # the benchmark cleans up its files
