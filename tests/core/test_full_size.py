@@ -51,16 +51,16 @@ def test_build_model_makes_parameters_in_the_dtype_and_restores_the_default():
     assert all(not p.requires_grad for p in model.parameters())
 
 
-def test_wan21_1_3b_streams_in_bf16_with_memory_switch_save_and_resume(tmp_path):
+def test_wan21_1_3b_streams_in_bf16_with_memory_switch_save_and_resume(tmp_path, capsys):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # more threads are much slower on shared or oversubscribed cores
     try:
-        _run(tmp_path)
+        _run(tmp_path, capsys)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(tmp_path):
+def _run(tmp_path, capsys):
     t0 = time.time()
     config = get_preset("wan2.1-t2v-1.3b")
     assert (config.dim, config.num_layers, config.num_heads, config.text_dim) == (1536, 30, 12, 4096)
@@ -117,8 +117,9 @@ def _run(tmp_path):
 
     wall = time.time() - t0
     peak = _peak_rss()
-    print(f"\nWan2.1-1.3B bf16 ({params / 1e9:.2f} G parameters, {weight_bytes / GIB:.2f} GiB): built in "
-          f"{t_build:.1f} s; {chunks} + {chunks - saved_at} chunks with a switch, save and resume in {wall:.1f} s "
-          f"on {torch.get_num_threads()} thread(s); peak RSS {peak / GIB:.2f} GiB"
-          + (f" (this test's own peak {_vm_hwm() / GIB:.2f} GiB)" if hwm_reset else ""))
+    with capsys.disabled():  # the figures belong in CI's log, not only in a failure report
+        print(f"\nWan2.1-1.3B bf16 ({params / 1e9:.2f} G parameters, {weight_bytes / GIB:.2f} GiB): built in "
+              f"{t_build:.1f} s; {chunks} + {chunks - saved_at} chunks with a switch, save and resume in {wall:.1f} s "
+              f"on {torch.get_num_threads()} thread(s); peak RSS {peak / GIB:.2f} GiB"
+              + (f" (this test's own peak {_vm_hwm() / GIB:.2f} GiB)" if hwm_reset else ""))
     assert peak < 24 * GIB
