@@ -26,7 +26,7 @@ from .sampling import PromptSegment, StreamSampler
 from .schedule import PromptSchedule, chunks_for_duration
 from .state import StreamState
 from .vae import StreamingDecoder, WanVAE
-from .video_io import Mp4Writer, frames_to_uint8
+from .video_io import Mp4Writer, VideoFileError, frames_to_uint8, mp4_frames, trim_mp4
 
 # A prompt -> conditioning [1, L, text_dim] function (demo encoder, UMT5, ComfyUI's CLIP, ...).
 PromptEncoder = Callable[[str], Tensor]
@@ -105,6 +105,36 @@ def store_decoder(state: StreamState, decoder: StreamingDecoder) -> None:
     state.vae_cache = {k[len("vae_cache."):]: v for k, v in decoder.state_tensors().items()}
 
 
+def stream_video_frames(state: StreamState) -> int:
+    """Video frames the stream's mp4 held when ``state`` was saved (states from before this was recorded:
+    the frames of every chunk so far)."""
+    frames = state.video.get("frames")
+    if isinstance(frames, int) and not isinstance(frames, bool) and frames >= 0:
+        return frames
+    return 0 if state.next_frame == 0 else 1 + 4 * (state.next_frame - 1)
+
+
+def reconcile_video(state: StreamState, video_path: str | os.PathLike) -> int:
+    """Make the mp4 agree with the state before appending to it: frames after the state's (made after
+    its last save, e.g. before a crash) are cut off, as the resumed run makes them again. Returns how
+    many were cut. Raises VideoFileError if the file holds fewer frames than the state claims."""
+    want = stream_video_frames(state)
+    have = mp4_frames(video_path) if os.path.exists(video_path) else 0
+    if have < want:
+        raise VideoFileError(f"{os.fspath(video_path)} holds {have} video frames but the stream state continues "
+                             f"after frame {want}; continue into a new output, or resume from the state saved "
+                             "with this video")
+    return trim_mp4(video_path, want) if os.path.exists(video_path) else 0
+
+
+def save_checkpoint(state: StreamState, state_path: str | os.PathLike, writer: Mp4Writer | None) -> None:
+    """Save the state only once the video holds every frame it covers (the mp4 may run ahead of a
+    state, never behind it), and record how many that is."""
+    if writer is not None:
+        state.video = {"path": os.path.abspath(writer.path), "frames": writer.sync()}
+    state.save(state_path)
+
+
 def generate_video(
     model: CausalWanModel,
     vae: WanVAE,
@@ -123,13 +153,16 @@ def generate_video(
     checkpoint_every: int = 1,
     fps: int = DEFAULT_FPS,
     copy_state: bool = True,
+    append_video: bool = False,
 ) -> Iterator[ChunkEvent]:
     """Generate ``seconds`` of video following ``schedule`` (times relative to where the stream is).
 
     With ``state`` the stream continues (the caller's state is not modified: a copy advances, unless
     ``copy_state=False`` hands over a state the caller will not use again). The
     mp4 at ``video_path`` is written as the chunks come; ``state_path`` receives the state (with the
-    decoder caches) every ``checkpoint_every`` chunks and when the run ends or stops.
+    decoder caches) every ``checkpoint_every`` chunks and when the run ends or stops. With
+    ``append_video`` the stream continues the mp4 at ``video_path`` (first cut back to the frames the
+    state records, see ``reconcile_video``) instead of starting a new one.
     """
     stride = vae.spatial_stride  # Wan2.1: 8; the demo's reduced VAE: 4
     if width % stride or height % stride:
@@ -150,7 +183,9 @@ def generate_video(
     segments = build_segments(schedule, encode, state.chunk_index, negative_prompt,
                               guidance=state.sampling.guidance_scale != 1.0)
     decoder = restore_decoder(vae, state)
-    writer = Mp4Writer(video_path, fps=fps) if video_path is not None else None
+    if video_path is not None and append_video:
+        reconcile_video(state, video_path)
+    writer = Mp4Writer(video_path, fps=fps, append=append_video) if video_path is not None else None
     sampler = StreamSampler(model)
     done = 0
     saved = 0  # chunks covered by the state file
@@ -163,7 +198,7 @@ def generate_video(
                 writer.write(frames)
             done += 1
             if state_path is not None and (done % checkpoint_every == 0 or done == total):
-                state.save(state_path)
+                save_checkpoint(state, state_path, writer)
                 saved = done
             yield ChunkEvent(out.index, done, total, out.latents, frames, state.prompt, out.switched, state,
                              None if video_path is None else os.fspath(video_path),
@@ -172,7 +207,7 @@ def generate_video(
         # Stopped between chunks (Cancel, a consumer that has seen enough): the state is consistent
         # with the video written so far, so keep it.
         if state_path is not None and done > saved:
-            state.save(state_path)
+            save_checkpoint(state, state_path, writer)
         raise
     finally:
         if writer is not None:
