@@ -72,15 +72,14 @@ def chunks_for_duration(seconds: float, fps: int = DEFAULT_FPS, chunk_frames: in
                         continuing: bool = False) -> int:
     """The fewest chunks whose video lasts at least ``seconds``. A new stream's first chunk is 3
     frames shorter (the VAE's lone first frame); a continued stream's chunks are all full."""
-    if seconds < 0:
+    if not seconds >= 0 or not math.isfinite(seconds):
         raise ValueError(f"a video cannot last {seconds} s")
     frames = max(1, math.ceil(seconds * fps - 1e-9))
+    per_chunk = VAE_TEMPORAL_STRIDE * chunk_frames
     if continuing:
-        return math.ceil(frames / (VAE_TEMPORAL_STRIDE * chunk_frames))
-    n = 1
-    while video_frames_for_chunks(n, chunk_frames) < frames:
-        n += 1
-    return n
+        return math.ceil(frames / per_chunk)
+    # n chunks of a new stream hold per_chunk * n - 3 frames (the VAE's lone first frame)
+    return max(1, math.ceil((frames + VAE_TEMPORAL_STRIDE - 1) / per_chunk))
 
 
 def snap_to_chunk(seconds: float, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> int:
