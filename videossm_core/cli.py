@@ -199,6 +199,9 @@ def _plan_outputs(args, state, locks: list) -> tuple[str, str, bool, str | None]
         return out, state_path, False, None
     recorded = state.video.get("path") if isinstance(state.video.get("path"), str) else None
     stream_video = recorded or os.path.splitext(args.resume)[0].removesuffix(".state") + ".mp4"
+    moved = os.path.join(os.path.dirname(os.path.abspath(args.resume)), os.path.basename(stream_video))
+    if not os.path.exists(stream_video) and os.path.exists(moved):
+        stream_video = moved  # the video and its state were moved together
     out = args.out or stream_video
     _make_folder(out)
     _lock(out, locks)
@@ -297,6 +300,13 @@ def _run(args, events, out: str, state_path: str) -> int:
         events.close()  # keep the video and a state of every finished chunk
         print(f"\nstopped: {out} holds what was made; continue it with --resume {state_path}", file=sys.stderr)
         return 130
+    except OSError as err:  # a full disk: say where to continue from
+        if bar is not None:
+            bar.close()
+            bar = None
+        hint = f"; then continue with --resume {state_path}" if os.path.exists(state_path) else ""
+        print(f"\nvideossm: error: {_one_line(err)}{hint}", file=sys.stderr)
+        return 1
     finally:
         if bar is not None:
             bar.close()
@@ -390,7 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    if isinstance(err, OSError) and err.filename is not None:
+        text = f"{err.filename}: {text}"
+    text = " ".join(text.split())
     return text if len(text) <= 2000 else text[:2000] + " ..."
 
 
@@ -415,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("VIDEOSSM_DEBUG"):
             raise
         if isinstance(err, OSError):
-            message = _one_line(err) if err.filename is None else f"{err.filename}: {err.strerror}"
+            message = _one_line(err)
         else:
             message = f"{_one_line(err)} ({type(err).__name__}; set VIDEOSSM_DEBUG=1 for the details)"
         print(f"videossm: error: {message}", file=sys.stderr)
