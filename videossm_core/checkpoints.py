@@ -58,7 +58,7 @@ META_VERSION = "videossm_version"
 MEMORY_INFIX = ".self_attn.memory."  # every VideoSSM-only parameter lives under blocks.N.self_attn.memory
 
 FORMATS = ("wan", "diffusers", "comfyui", "training", "videossm", "videossm_memory", "lora",
-           "vae", "text_encoder", "wan2.2_5b", "i2v", "unknown")
+           "vae", "text_encoder", "wan2.2_5b", "i2v", "stream_state", "unknown")
 LOADABLE_FORMATS = ("wan", "diffusers", "comfyui", "training", "videossm")
 
 # Wan2.1's attention heads are 128 wide at every size (1.3B: 1536/12, 14B: 5120/40).
@@ -263,6 +263,8 @@ def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None
 
     if metadata.get(META_CONTENT) == "memory":
         return "videossm_memory"
+    if "videossm" in metadata:  # StreamState.save's metadata key
+        return "stream_state"
     if any(_LORA_KEY_RE.match(k) for k in cleaned):
         return "lora"
     if META_CONFIG in metadata:
@@ -325,6 +327,8 @@ def describe_format(fmt: str, keys: Sequence[str] = ()) -> str:
         "lora": "this is a LoRA, not a full model; load a base model and give this file as its LoRA",
         "videossm_memory": "this is a VideoSSM memory-only file; load a base model and give this file as its "
                            "memory file",
+        "stream_state": "this is a VideoSSM stream state (a saved run), not a model; continue it with "
+                        "--resume (or the Load State node) and give the model that made it",
     }
     if fmt in messages:
         return messages[fmt]

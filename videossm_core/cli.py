@@ -415,7 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     from .state import StateFileError
     from .video_io import VideoFileError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error argparse already printed in one line
+        return done.code if isinstance(done.code, int) else 2
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
