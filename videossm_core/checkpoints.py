@@ -544,7 +544,24 @@ def _torch_load(path: Path) -> Any:
 # Training dicts: which entry holds the transformer. EMA first when asked (the README-recommended weights).
 # ``generator_lora`` last: LongLive's lora.pt given as the model must be recognised (and refused) as a LoRA.
 _TRAINING_ENTRIES = ("generator", "model", "state_dict", "module", "net", "transformer", "generator_lora")
-_LORA_ENTRIES = ("generator_lora", "lora", "model")
+# ``generator``/``generator_ema`` last: a training .pt given as a LoRA must be named as the full model it is.
+_LORA_ENTRIES = ("generator_lora", "lora", "model", "generator", "generator_ema")
+_LORA_CONFIG_ENTRIES = ("peft_config", "lora_config", "adapter_config", "config")
+
+
+def _lora_alpha_in(obj: Any) -> float | None:
+    """lora_alpha from a PEFT config saved inside a .pt: {"peft_config": {"lora_alpha": ..}} or, as
+    PEFT's ``model.peft_config``, {"peft_config": {"default": {"lora_alpha": ..}}}."""
+    if not isinstance(obj, Mapping):
+        return None
+    for name in _LORA_CONFIG_ENTRIES:
+        cfg = obj.get(name)
+        if isinstance(cfg, Mapping) and len(cfg) == 1 and isinstance(next(iter(cfg.values())), Mapping):
+            cfg = next(iter(cfg.values()))  # one named adapter
+        alpha = cfg.get("lora_alpha") if isinstance(cfg, Mapping) else getattr(cfg, "lora_alpha", None)
+        if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0:
+            return float(alpha)
+    return None
 
 
 def _unwrap(obj: Any, path: Any, use_ema: bool, entries: Sequence[str]) -> tuple[dict[str, Tensor], str | None]:
@@ -625,7 +642,11 @@ class _Source(contextlib.AbstractContextManager):
         if _sniff(path) == "safetensors":
             self.add_safetensors(path)
         else:
-            tensors, self.wrapper = _unwrap(_torch_load(path), path, use_ema, entries)
+            obj = _torch_load(path)
+            alpha = _lora_alpha_in(obj)
+            if alpha is not None:
+                self.metadata["lora_alpha"] = str(alpha)
+            tensors, self.wrapper = _unwrap(obj, path, use_ema, entries)
             self.add_tensors(tensors)
 
 
@@ -871,19 +892,22 @@ def _peek_metadata(path: Any) -> dict[str, str]:
 
 def load_model(path: Any, dtype: torch.dtype | str = torch.float32, device: torch.device | str = "cpu",
                memory_path: Any = None, lora_path: Any = None, lora_strength: float = 1.0,
-               use_ema: bool = True, config_overrides: Mapping[str, Any] | None = None, *,
+               use_ema: bool | None = None, config_overrides: Mapping[str, Any] | None = None, *,
                num_heads: int | None = None, lora_alpha: float | None = None,
                requires_grad: bool = False) -> CausalWanModel:
     """Build a ``CausalWanModel`` from any supported checkpoint, streaming tensors into a meta-built model.
 
     ``memory_path``: a VideoSSM memory (or full VideoSSM) file whose memory parameters replace the base's.
     ``lora_path`` (file or dict): merged into the weights with ``lora_strength`` (scale alpha / rank * strength).
-    ``use_ema``: from a training checkpoint, take ``generator_ema`` when present (else ``generator``).
+    ``use_ema``: from a training checkpoint, take ``generator_ema`` when present (else ``generator``). By
+    default EMA, except with a LoRA: LongLive trains its LoRA on (and merges it into) ``generator``.
     ``config_overrides``: ModelConfig fields (``memory`` may be a partial dict, e.g. {"enabled": False}).
     The model is returned in eval mode with ``requires_grad`` parameters (False by default); what was loaded
     is in ``model.checkpoint_info``.
     """
     dtype, device = as_dtype(dtype), torch.device(device)
+    if use_ema is None:
+        use_ema = lora_path is None
     hints: dict[str, Any] = {}
     memory_meta = _peek_metadata(memory_path)
     if META_CONFIG in memory_meta:  # the memory file knows the head count and its own memory config
@@ -1026,7 +1050,14 @@ def _read_lora(lora: Any) -> tuple[dict[str, Tensor], dict[str, Any]]:
     with _open(lora, use_ema=False, entries=_LORA_ENTRIES) as src:
         tensors = {k: src.get(k) for k in src.shapes}  # only read, never written: sharing is fine
         label, wrapper = src.label, src.wrapper
+        file_alpha = src.metadata.get("lora_alpha")
     extra: dict[str, Any] = {"source": label, "wrapper": wrapper}
+    if wrapper in ("generator", "generator_ema"):
+        raise CheckpointError(f"{label}: this is a full model (a training checkpoint with '{wrapper}'), not a "
+                              "LoRA; load it as the model, and give the LoRA file (e.g. LongLive's lora.pt) as --lora")
+    with contextlib.suppress(ValueError):  # the PEFT config inside the file (.pt entry or safetensors metadata)
+        if file_alpha is not None and float(file_alpha) > 0:
+            extra["alpha"] = float(file_alpha)
     if not isinstance(lora, Mapping):  # a PEFT save_pretrained folder keeps alpha in adapter_config.json
         config_file = Path(os.fspath(lora)).parent / "adapter_config.json"
         if config_file.is_file():
