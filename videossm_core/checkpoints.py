@@ -940,6 +940,41 @@ def load_model(path: Any, dtype: torch.dtype | str = torch.float32, device: torc
     return model
 
 
+def describe_checkpoint(path: Any, use_ema: bool = True) -> str:
+    """What a checkpoint holds, to check a file before a long run (``videossm inspect FILE``): its layout,
+    the model shape it implies, whether VideoSSM memory parameters are in it, and whether it is a LoRA.
+    Reads shapes only (no tensor data). Raises CheckpointError for an unreadable file."""
+    with _open(path, use_ema) as src:
+        keys = list(src.shapes)
+        fmt = detect_format(src.shapes, src.metadata, shapes=src.shapes, wrapper=src.wrapper)
+        params = sum(math.prod(shape) for shape in src.shapes.values())
+        lines = [f"file: {src.label}",
+                 f"format: {fmt}" + (f" (the training dict's '{src.wrapper}' entry)" if src.wrapper else ""),
+                 f"tensors: {len(keys)}, {params / 1e6:.1f} M values, stored as "
+                 f"{', '.join(sorted(set(src.dtypes.values())))}"]
+        memory = [k for k in keys if MEMORY_INFIX in k]
+        if fmt in LOADABLE_FORMATS:
+            try:
+                c, heads = _plan(src, num_heads=None, config_overrides=None).config, None
+            except CheckpointError as err:  # the head count is not in every file; the rest of the shape is
+                c, heads = _plan(src, num_heads=1, config_overrides=None).config, f"heads unknown ({err})"
+            lines.append(f"model: Wan2.1 transformer, dim {c.dim}, {c.num_layers} blocks, "
+                         f"{heads or f'{c.num_heads} heads'}, ffn {c.ffn_dim}, text {c.text_dim}, "
+                         f"{c.in_dim} latent channels")
+            lines.append("VideoSSM memory parameters: " + (
+                f"present ({len(memory)} tensors)" if memory else
+                "absent (a base model: its memory starts fresh and adds nothing until trained)"))
+            lines.append("LoRA: no (give one with --lora)")
+        elif fmt == "lora":
+            lines.append(f"LoRA: yes ({sum(1 for k in keys if 'lora_A' in k or 'lora_down' in k)} modules); "
+                         "merge it into a base model with --lora")
+        else:
+            lines.append(describe_format(fmt, keys))
+            if memory:
+                lines.append(f"VideoSSM memory parameters: present ({len(memory)} tensors)")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Our files
 # --------------------------------------------------------------------------------------------------------------

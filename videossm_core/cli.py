@@ -318,9 +318,16 @@ def _run(args, events, out: str, state_path: str) -> int:
 
 
 def cmd_inspect(args) -> int:
+    """A stream state's summary, or what a checkpoint holds (format, shape, memory, LoRA)."""
+    from .checkpoints import _peek_metadata, describe_checkpoint
     from .state import StreamState
 
-    print(StreamState.load(args.file).summary())
+    if not os.path.exists(args.file):
+        raise UsageError(f"{args.file}: no such file or folder")
+    if "videossm" in _peek_metadata(args.file):  # StreamState.save's metadata key
+        print(StreamState.load(args.file).summary())
+    else:
+        print(describe_checkpoint(args.file))
     return 0
 
 

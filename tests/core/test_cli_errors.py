@@ -196,3 +196,28 @@ def test_without_a_schedule_the_demo_prompts_fit_the_length(seconds):
     assert schedule.prompts[0].startswith("a red circle")
     if seconds >= 6:
         assert len(schedule.prompts) == 3
+
+
+def test_inspect_a_checkpoint_before_a_long_run(tmp_path, capsys):
+    from tests.core import checkpoint_fixtures as fx
+
+    weights = fx.reference_weights(seed=0, memory=True)
+    base = {k: v for k, v in weights.items() if ".self_attn.memory." not in k}
+    torch.save(fx.training_checkpoint(fx.wan_layout(base)), tmp_path / "base.pt")
+    from videossm_core.checkpoints import save_model
+
+    from .tiny import make_tiny_model
+
+    save_model(make_tiny_model(), tmp_path / "videossm.safetensors")
+    save_file(fx.peft_lora_layout(fx.make_lora(rank=4)), str(tmp_path / "lora.safetensors"))
+    assert main(["inspect", str(tmp_path / "base.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "format: training (the training dict's 'generator' entry)" in out
+    assert f"dim {fx.TINY.dim}, {fx.TINY.num_layers} blocks" in out and "memory parameters: absent" in out
+    assert "LoRA: no" in out
+    assert main(["inspect", str(tmp_path / "videossm.safetensors")]) == 0
+    assert "memory parameters: present" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "lora.safetensors")]) == 0
+    assert "LoRA: yes" in capsys.readouterr().out
+    assert main(["inspect", str(_state(tmp_path))]) == 0
+    assert "frames generated: 0" in capsys.readouterr().out
