@@ -68,6 +68,8 @@ def _load_models(args):
             with torch.no_grad():
                 return encoder.encode([prompt]).to(args.device)
 
+        encode.prompt_warnings = encoder.prompt_warnings  # the demo vocabulary is small: say what is dropped
+
         height, width = bundle.resolution
         return (bundle.model, bundle.vae, encode, args.width or width, args.height or height,
                 bundle.stream_config, bundle.sampling_config)
@@ -256,6 +258,9 @@ def cmd_generate(args) -> int:
     try:
         out, state_path, append, copy_from = _plan_outputs(args, state, locks)
         model, vae, encode, width, height, stream, sampling = _load_models(args)
+        for prompt in dict.fromkeys(schedule.prompts + ([args.negative] if args.negative else [])):
+            for warning in getattr(encode, "prompt_warnings", lambda p: [])(prompt):
+                print(f"videossm: warning: {warning}", file=sys.stderr)
         if state is not None:
             state.check_compatible(model.config)
         stream = (stream or StreamConfig()).replace(

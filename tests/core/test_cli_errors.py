@@ -221,3 +221,14 @@ def test_inspect_a_checkpoint_before_a_long_run(tmp_path, capsys):
     assert "LoRA: yes" in capsys.readouterr().out
     assert main(["inspect", str(_state(tmp_path))]) == 0
     assert "frames generated: 0" in capsys.readouterr().out
+
+
+@needs_demo_weights
+def test_the_demo_encoder_warns_about_words_it_drops(tmp_path, capsys):
+    long = "a red circle " + "bouncing " * 40 + "on a dark background"
+    assert main(["generate", "--seconds", "1", "--width", "32", "--height", "32", "--out", str(tmp_path / "v.mp4"),
+                 "--schedule", f"0s: a purple dog bouncing on a dark background\\n0.5s: {long}"]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert any("does not know dog (in " in w for w in warnings), err
+    assert any(f"has {len(long.split())} words; the demo text encoder reads only the first" in w for w in warnings), err
