@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import comfy.model_management
 import comfy.utils
+import folder_paths
 import torch
 from comfy_api.input_impl import VideoFromFile
 from comfy_api.latest import io, ui
 from PIL import Image
 
-from ..videossm_core.generate import DEFAULT_CHECKPOINT_SECONDS, generate_video, prefill_from_frames
+from ..videossm_core.generate import DEFAULT_CHECKPOINT_SECONDS, generate_video, prefill_from_frames, stream_video_frames
 from ..videossm_core.schedule import ScheduleError
 from ..videossm_core.vae import vae_from_state_dict
-from ._files import check_relative_name, output_path
+from ..videossm_core.video_io import VideoFileError, copy_mp4_prefix
+from ._files import _inside, check_relative_name, output_path
 from ._types import CATEGORY, VideoSSMModel, VideoSSMSchedule, VideoSSMState
 
 
@@ -39,6 +42,21 @@ def streaming_vae(loaded, vae):
     if loaded.vae is None:
         raise ValueError("connect a VAE (VAELoader with wan_2.1_vae.safetensors): this model has none of its own")
     return loaded.vae
+
+
+def continue_stream_video(state, video_path: str) -> bool:
+    """Start the new mp4 with the stream's video so far, so a continued stream is one file (the old
+    one is left as it was). Only a video inside ComfyUI's output folder is read; without one (deleted,
+    moved, or a stream from elsewhere) the new file holds the continuation alone. True if copied."""
+    recorded = state.video.get("path") if isinstance(state.video, dict) else None
+    if not isinstance(recorded, str) or not os.path.isfile(recorded) \
+            or not _inside(folder_paths.get_output_directory(), recorded):
+        return False
+    try:
+        copy_mp4_prefix(recorded, video_path, stream_video_frames(state))
+    except (VideoFileError, OSError):
+        return False
+    return True
 
 
 def _send_chunk_event(node_id, event, fps: int) -> None:
@@ -123,10 +141,12 @@ class VideoSSMSampler(io.ComfyNode):
                 return schedule.conditioning[prompt]
             return torch.zeros_like(next(iter(schedule.conditioning.values())))  # empty negative prompt
 
+        appended = run_state.next_frame > 0 and continue_stream_video(run_state, video_path)
         # a generator: its checks (e.g. the schedule against the length) run at the first chunk, in the loop
         events = generate_video(model.model, wan_vae, encode, schedule.schedule, seconds, width, height,
                                 video_path=video_path, state=run_state, seed=seed, state_path=state_path,
-                                checkpoint_seconds=checkpoint_every, fps=model.fps, copy_state=False)
+                                checkpoint_seconds=checkpoint_every, fps=model.fps, copy_state=False,
+                                append_video=appended)
         pbar = None
         last = None
         try:

@@ -59,7 +59,7 @@ META_VERSION = "videossm_version"
 MEMORY_INFIX = ".self_attn.memory."  # every VideoSSM-only parameter lives under blocks.N.self_attn.memory
 
 FORMATS = ("wan", "diffusers", "comfyui", "training", "videossm", "videossm_memory", "lora",
-           "vae", "text_encoder", "wan2.2_5b", "i2v", "unknown")
+           "vae", "text_encoder", "wan2.2_5b", "i2v", "stream_state", "unknown")
 LOADABLE_FORMATS = ("wan", "diffusers", "comfyui", "training", "videossm")
 
 # Wan2.1's attention heads are 128 wide at every size (1.3B: 1536/12, 14B: 5120/40).
@@ -264,6 +264,8 @@ def detect_format(keys: Iterable[str], metadata: Mapping[str, str] | None = None
 
     if metadata.get(META_CONTENT) == "memory":
         return "videossm_memory"
+    if "videossm" in metadata:  # StreamState.save's metadata key
+        return "stream_state"
     if any(_LORA_KEY_RE.match(k) for k in cleaned):
         return "lora"
     if META_CONFIG in metadata:
@@ -326,6 +328,8 @@ def describe_format(fmt: str, keys: Sequence[str] = ()) -> str:
         "lora": "this is a LoRA, not a full model; load a base model and give this file as its LoRA",
         "videossm_memory": "this is a VideoSSM memory-only file; load a base model and give this file as its "
                            "memory file",
+        "stream_state": "this is a VideoSSM stream state (a saved run), not a model; continue it with "
+                        "--resume (or the Load State node) and give the model that made it",
     }
     if fmt in messages:
         return messages[fmt]
@@ -541,7 +545,24 @@ def _torch_load(path: Path) -> Any:
 # Training dicts: which entry holds the transformer. EMA first when asked (the README-recommended weights).
 # ``generator_lora`` last: LongLive's lora.pt given as the model must be recognised (and refused) as a LoRA.
 _TRAINING_ENTRIES = ("generator", "model", "state_dict", "module", "net", "transformer", "generator_lora")
-_LORA_ENTRIES = ("generator_lora", "lora", "model")
+# ``generator``/``generator_ema`` last: a training .pt given as a LoRA must be named as the full model it is.
+_LORA_ENTRIES = ("generator_lora", "lora", "model", "generator", "generator_ema")
+_LORA_CONFIG_ENTRIES = ("peft_config", "lora_config", "adapter_config", "config")
+
+
+def _lora_alpha_in(obj: Any) -> float | None:
+    """lora_alpha from a PEFT config saved inside a .pt: {"peft_config": {"lora_alpha": ..}} or, as
+    PEFT's ``model.peft_config``, {"peft_config": {"default": {"lora_alpha": ..}}}."""
+    if not isinstance(obj, Mapping):
+        return None
+    for name in _LORA_CONFIG_ENTRIES:
+        cfg = obj.get(name)
+        if isinstance(cfg, Mapping) and len(cfg) == 1 and isinstance(next(iter(cfg.values())), Mapping):
+            cfg = next(iter(cfg.values()))  # one named adapter
+        alpha = cfg.get("lora_alpha") if isinstance(cfg, Mapping) else getattr(cfg, "lora_alpha", None)
+        if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0:
+            return float(alpha)
+    return None
 
 
 def _unwrap(obj: Any, path: Any, use_ema: bool, entries: Sequence[str]) -> tuple[dict[str, Tensor], str | None]:
@@ -622,7 +643,11 @@ class _Source(contextlib.AbstractContextManager):
         if _sniff(path) == "safetensors":
             self.add_safetensors(path)
         else:
-            tensors, self.wrapper = _unwrap(_torch_load(path), path, use_ema, entries)
+            obj = _torch_load(path)
+            alpha = _lora_alpha_in(obj)
+            if alpha is not None:
+                self.metadata["lora_alpha"] = str(alpha)
+            tensors, self.wrapper = _unwrap(obj, path, use_ema, entries)
             self.add_tensors(tensors)
 
 
@@ -883,19 +908,22 @@ def build_model(config: ModelConfig, dtype: torch.dtype | str = torch.float32,
 
 def load_model(path: Any, dtype: torch.dtype | str = torch.float32, device: torch.device | str = "cpu",
                memory_path: Any = None, lora_path: Any = None, lora_strength: float = 1.0,
-               use_ema: bool = True, config_overrides: Mapping[str, Any] | None = None, *,
+               use_ema: bool | None = None, config_overrides: Mapping[str, Any] | None = None, *,
                num_heads: int | None = None, lora_alpha: float | None = None,
                requires_grad: bool = False) -> CausalWanModel:
     """Build a ``CausalWanModel`` from any supported checkpoint, streaming tensors into a meta-built model.
 
     ``memory_path``: a VideoSSM memory (or full VideoSSM) file whose memory parameters replace the base's.
     ``lora_path`` (file or dict): merged into the weights with ``lora_strength`` (scale alpha / rank * strength).
-    ``use_ema``: from a training checkpoint, take ``generator_ema`` when present (else ``generator``).
+    ``use_ema``: from a training checkpoint, take ``generator_ema`` when present (else ``generator``). By
+    default EMA, except with a LoRA: LongLive trains its LoRA on (and merges it into) ``generator``.
     ``config_overrides``: ModelConfig fields (``memory`` may be a partial dict, e.g. {"enabled": False}).
     The model is returned in eval mode with ``requires_grad`` parameters (False by default); what was loaded
     is in ``model.checkpoint_info``.
     """
     dtype, device = as_dtype(dtype), torch.device(device)
+    if use_ema is None:
+        use_ema = lora_path is None
     hints: dict[str, Any] = {}
     memory_meta = _peek_metadata(memory_path)
     if META_CONFIG in memory_meta:  # the memory file knows the head count and its own memory config
@@ -943,6 +971,41 @@ def load_model(path: Any, dtype: torch.dtype | str = torch.float32, device: torc
         info["lora"] = lora_info
     model.checkpoint_info = info
     return model
+
+
+def describe_checkpoint(path: Any, use_ema: bool = True) -> str:
+    """What a checkpoint holds, to check a file before a long run (``videossm inspect FILE``): its layout,
+    the model shape it implies, whether VideoSSM memory parameters are in it, and whether it is a LoRA.
+    Reads shapes only (no tensor data). Raises CheckpointError for an unreadable file."""
+    with _open(path, use_ema) as src:
+        keys = list(src.shapes)
+        fmt = detect_format(src.shapes, src.metadata, shapes=src.shapes, wrapper=src.wrapper)
+        params = sum(math.prod(shape) for shape in src.shapes.values())
+        lines = [f"file: {src.label}",
+                 f"format: {fmt}" + (f" (the training dict's '{src.wrapper}' entry)" if src.wrapper else ""),
+                 f"tensors: {len(keys)}, {params / 1e6:.1f} M values, stored as "
+                 f"{', '.join(sorted(set(src.dtypes.values())))}"]
+        memory = [k for k in keys if MEMORY_INFIX in k]
+        if fmt in LOADABLE_FORMATS:
+            try:
+                c, heads = _plan(src, num_heads=None, config_overrides=None).config, None
+            except CheckpointError as err:  # the head count is not in every file; the rest of the shape is
+                c, heads = _plan(src, num_heads=1, config_overrides=None).config, f"heads unknown ({err})"
+            lines.append(f"model: Wan2.1 transformer, dim {c.dim}, {c.num_layers} blocks, "
+                         f"{heads or f'{c.num_heads} heads'}, ffn {c.ffn_dim}, text {c.text_dim}, "
+                         f"{c.in_dim} latent channels")
+            lines.append("VideoSSM memory parameters: " + (
+                f"present ({len(memory)} tensors)" if memory else
+                "absent (a base model: its memory starts fresh and adds nothing until trained)"))
+            lines.append("LoRA: no (give one with --lora)")
+        elif fmt == "lora":
+            lines.append(f"LoRA: yes ({sum(1 for k in keys if 'lora_A' in k or 'lora_down' in k)} modules); "
+                         "merge it into a base model with --lora")
+        else:
+            lines.append(describe_format(fmt, keys))
+            if memory:
+                lines.append(f"VideoSSM memory parameters: present ({len(memory)} tensors)")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1055,7 +1118,14 @@ def _read_lora(lora: Any) -> tuple[dict[str, Tensor], dict[str, Any]]:
     with _open(lora, use_ema=False, entries=_LORA_ENTRIES) as src:
         tensors = {k: src.get(k) for k in src.shapes}  # only read, never written: sharing is fine
         label, wrapper = src.label, src.wrapper
+        file_alpha = src.metadata.get("lora_alpha")
     extra: dict[str, Any] = {"source": label, "wrapper": wrapper}
+    if wrapper in ("generator", "generator_ema"):
+        raise CheckpointError(f"{label}: this is a full model (a training checkpoint with '{wrapper}'), not a "
+                              "LoRA; load it as the model, and give the LoRA file (e.g. LongLive's lora.pt) as --lora")
+    with contextlib.suppress(ValueError):  # the PEFT config inside the file (.pt entry or safetensors metadata)
+        if file_alpha is not None and float(file_alpha) > 0:
+            extra["alpha"] = float(file_alpha)
     if not isinstance(lora, Mapping):  # a PEFT save_pretrained folder keeps alpha in adapter_config.json
         config_file = Path(os.fspath(lora)).parent / "adapter_config.json"
         if config_file.is_file():

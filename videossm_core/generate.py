@@ -27,7 +27,7 @@ from .sampling import PromptSegment, StreamSampler
 from .schedule import PromptSchedule, chunks_for_duration
 from .state import StreamState
 from .vae import StreamingDecoder, WanVAE
-from .video_io import Mp4Writer, frames_to_uint8
+from .video_io import Mp4Writer, VideoFileError, frames_to_uint8, mp4_frames, trim_mp4
 
 # Stream-state checkpoints: every minute of wall time (a full-size state is GBs), and at every stop;
 # further apart when one save is slow (a slow disk), so that saving takes at most this share of a run.
@@ -111,6 +111,36 @@ def store_decoder(state: StreamState, decoder: StreamingDecoder) -> None:
     state.vae_cache = {k[len("vae_cache."):]: v for k, v in decoder.state_tensors().items()}
 
 
+def stream_video_frames(state: StreamState) -> int:
+    """Video frames the stream's mp4 held when ``state`` was saved (states from before this was recorded:
+    the frames of every chunk so far)."""
+    frames = state.video.get("frames")
+    if isinstance(frames, int) and not isinstance(frames, bool) and frames >= 0:
+        return frames
+    return 0 if state.next_frame == 0 else 1 + 4 * (state.next_frame - 1)
+
+
+def reconcile_video(state: StreamState, video_path: str | os.PathLike) -> int:
+    """Make the mp4 agree with the state before appending to it: frames after the state's (made after
+    its last save, e.g. before a crash) are cut off, as the resumed run makes them again. Returns how
+    many were cut. Raises VideoFileError if the file holds fewer frames than the state claims."""
+    want = stream_video_frames(state)
+    have = mp4_frames(video_path) if os.path.exists(video_path) else 0
+    if have < want:
+        raise VideoFileError(f"{os.fspath(video_path)} holds {have} video frames but the stream state continues "
+                             f"after frame {want}; continue into a new output, or resume from the state saved "
+                             "with this video")
+    return trim_mp4(video_path, want) if os.path.exists(video_path) else 0
+
+
+def save_checkpoint(state: StreamState, state_path: str | os.PathLike, writer: Mp4Writer | None) -> None:
+    """Save the state only once the video holds every frame it covers (the mp4 may run ahead of a
+    state, never behind it), and record how many that is."""
+    if writer is not None:
+        state.video = {"path": os.path.abspath(writer.path), "frames": writer.sync()}
+    state.save(state_path)
+
+
 def generate_video(
     model: CausalWanModel,
     vae: WanVAE,
@@ -129,6 +159,7 @@ def generate_video(
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
     fps: int = DEFAULT_FPS,
     copy_state: bool = True,
+    append_video: bool = False,
 ) -> Iterator[ChunkEvent]:
     """Generate ``seconds`` of video following ``schedule`` (times relative to where the stream is).
 
@@ -139,7 +170,9 @@ def generate_video(
     last chunk, and when the run is stopped or fails between chunks. A save is a full write of the
     state (about 5 GB at 832x480), so the interval also stretches to keep saving under
     ``MAX_CHECKPOINT_SHARE`` of the wall time when saves are slow; ``checkpoint_seconds=0`` saves
-    after every chunk whatever it costs.
+    after every chunk whatever it costs. With ``append_video`` the stream continues the mp4 at
+    ``video_path`` (first cut back to the frames the state records, see ``reconcile_video``) instead
+    of starting a new one.
     """
     stride = vae.spatial_stride  # Wan2.1: 8; the demo's reduced VAE: 4
     if width % stride or height % stride:
@@ -160,16 +193,19 @@ def generate_video(
     segments = build_segments(schedule, encode, state.chunk_index, negative_prompt,
                               guidance=state.sampling.guidance_scale != 1.0)
     decoder = restore_decoder(vae, state)
-    writer = Mp4Writer(video_path, fps=fps) if video_path is not None else None
+    if video_path is not None and append_video:
+        reconcile_video(state, video_path)
+    writer = Mp4Writer(video_path, fps=fps, append=append_video) if video_path is not None else None
     sampler = StreamSampler(model)
     done = 0
     saved = 0  # chunks covered by the state file
     last_save = time.monotonic()
     interval = checkpoint_seconds
-    between_chunks = True  # the live state matches the frames written (false while a chunk is under way)
+    # True only while the consumer holds a chunk: then the live state matches the frames written. A
+    # failure anywhere else (inside a chunk, in the mp4 writer or in a checkpoint) must not save it.
+    between_chunks = False
     try:
         for _ in range(total):
-            between_chunks = False
             out = sampler.generate_chunk_inplace(state, segments, latent_hw)
             with torch.no_grad():
                 frames = frames_to_uint8(decoder.decode_chunk(out.latents.to(vae.device, vae.dtype)))
@@ -177,24 +213,25 @@ def generate_video(
             if writer is not None:
                 writer.write(frames)
             done += 1
-            between_chunks = True
             if state_path is not None and (done == total or time.monotonic() - last_save >= interval):
                 started = time.monotonic()
-                state.save(state_path)
+                save_checkpoint(state, state_path, writer)
                 saved, last_save = done, time.monotonic()
                 if checkpoint_seconds > 0:
                     spent = last_save - started
                     interval = max(checkpoint_seconds, spent * (1 - MAX_CHECKPOINT_SHARE) / MAX_CHECKPOINT_SHARE)
+            between_chunks = True
             yield ChunkEvent(out.index, done, total, out.latents, frames, state.prompt, out.switched, state,
                              None if video_path is None else os.fspath(video_path),
                              0 if writer is None else writer.frames_written)
+            between_chunks = False
     except BaseException:
-        # Stopped (Cancel, Ctrl-C, a consumer that has seen enough) or failed between chunks: the live
-        # state is consistent with the video written so far, so keep it. A failure inside a chunk
-        # leaves the state half advanced; then the last checkpoint stands.
+        # Stopped between chunks (Cancel, Ctrl-C, a consumer that has seen enough): the live state is
+        # consistent with the video written so far, so keep it. After a failure inside a chunk (or a
+        # full disk) the last checkpoint stands; the mp4 may run ahead of it and a resume cuts it back.
         if state_path is not None and between_chunks and done > saved:
             try:
-                state.save(state_path)
+                save_checkpoint(state, state_path, writer)
             except OSError as err:
                 print(f"warning: {err}", file=sys.stderr)  # the error that stopped the run matters more
         raise

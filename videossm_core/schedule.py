@@ -5,6 +5,7 @@ Text syntax (one entry per line, see docs/DESIGN.md; ``web/timeline_model.js`` i
     0s: a red circle bouncing on a dark background
     12.5s: a red circle sliding left on a dark background
     1m: a blue square orbiting on a striped background
+    1:30: ...            (minutes:seconds)
     # comments and blank lines are ignored
     960f: ...            (video frames at the schedule's fps)
 
@@ -22,7 +23,11 @@ from dataclasses import dataclass
 from .config import DEFAULT_FPS, VAE_TEMPORAL_STRIDE
 
 _TIME_RE = re.compile(
-    r"^(?:(?P<sec>\d+(?:\.\d+)?)s?|(?P<min>\d+)m(?:(?P<msec>\d+(?:\.\d+)?)s)?|(?P<frames>\d+)f)$", re.IGNORECASE)
+    r"^(?:(?P<sec>\d+(?:\.\d+)?)s?|(?P<min>\d+)m(?:(?P<msec>\d+(?:\.\d+)?)s)?|(?P<frames>\d+)f"
+    r"|(?P<cmin>\d+):(?P<csec>[0-5]\d(?:\.\d+)?))$", re.IGNORECASE)
+# "1:30: a prompt" is minutes:seconds, not a switch at 1 s with the prompt "30: a prompt"
+_CLOCK_LINE_RE = re.compile(r"^(\d+:[0-5]\d(?:\.\d+)?)\s*:(.*)$")
+MAX_LISTED_ERRORS = 10
 
 
 class ScheduleError(ValueError):
@@ -34,7 +39,10 @@ class ScheduleError(ValueError):
             errors = [(errors, message or "")]
         self.errors = sorted(errors, key=lambda e: e[0])
         self.line, self.message = self.errors[0]
-        text = "; ".join(f"line {ln}: {msg}" if ln else msg for ln, msg in self.errors)
+        shown = self.errors[:MAX_LISTED_ERRORS]  # a file of garbage must not print one huge line
+        text = "; ".join(f"line {ln}: {msg}" if ln else msg for ln, msg in shown)
+        if len(self.errors) > len(shown):
+            text += f"; and {len(self.errors) - len(shown)} more bad lines"
         super().__init__(text)
 
 
@@ -45,6 +53,8 @@ def parse_time(token: str, fps: int = DEFAULT_FPS) -> float:
         raise ValueError(f"{token!r} is not a time; write seconds ('12.5s'), minutes ('1m30s') or frames ('40f')")
     if match["frames"] is not None:
         return int(match["frames"]) / fps
+    if match["cmin"] is not None:
+        return float(match["cmin"]) * 60.0 + float(match["csec"])
     if match["min"] is not None:
         return float(match["min"]) * 60.0 + float(match["msec"] or 0.0)
     return float(match["sec"])
@@ -72,15 +82,14 @@ def chunks_for_duration(seconds: float, fps: int = DEFAULT_FPS, chunk_frames: in
                         continuing: bool = False) -> int:
     """The fewest chunks whose video lasts at least ``seconds``. A new stream's first chunk is 3
     frames shorter (the VAE's lone first frame); a continued stream's chunks are all full."""
-    if seconds < 0:
+    if not seconds >= 0 or not math.isfinite(seconds):
         raise ValueError(f"a video cannot last {seconds} s")
     frames = max(1, math.ceil(seconds * fps - 1e-9))
+    per_chunk = VAE_TEMPORAL_STRIDE * chunk_frames
     if continuing:
-        return math.ceil(frames / (VAE_TEMPORAL_STRIDE * chunk_frames))
-    n = 1
-    while video_frames_for_chunks(n, chunk_frames) < frames:
-        n += 1
-    return n
+        return math.ceil(frames / per_chunk)
+    # n chunks of a new stream hold per_chunk * n - 3 frames (the VAE's lone first frame)
+    return max(1, math.ceil((frames + VAE_TEMPORAL_STRIDE - 1) / per_chunk))
 
 
 def snap_to_chunk(seconds: float, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> int:
@@ -148,12 +157,13 @@ class PromptSchedule:
 
 
 def _build(raw: list[tuple[int, str | float, str]], errors: list[tuple[int, str]], fps: int, chunk_frames: int,
-           what: str = "line") -> PromptSchedule:
-    """raw: (line, time token or seconds, prompt) of the lines that parsed; errors so far."""
+           what: str = "line", frame_fps: float | None = None) -> PromptSchedule:
+    """raw: (line, time token or seconds, prompt) of the lines that parsed; errors so far. ``fps`` is
+    the video's (chunks follow it); ``frame_fps`` converts frame-count times (default: the video's)."""
     entries: list[ScheduleEntry] = []
     for line, token, prompt in raw:
         try:
-            seconds = float(token) if isinstance(token, (int, float)) else parse_time(token, fps)
+            seconds = float(token) if isinstance(token, (int, float)) else parse_time(token, frame_fps or fps)
             if seconds < 0 or not math.isfinite(seconds):
                 raise ValueError(f"{token!r} is not a time")
         except ValueError as err:
@@ -193,7 +203,8 @@ def parse_schedule_text(text: str, fps: int = DEFAULT_FPS, chunk_frames: int = 3
         if ":" not in stripped:
             errors.append((number, f"expected 'TIME: PROMPT', got {stripped[:60]!r}"))
             continue
-        token, prompt = stripped.split(":", 1)
+        clock = _CLOCK_LINE_RE.match(stripped)
+        token, prompt = clock.groups() if clock else stripped.split(":", 1)
         raw.append((number, token, prompt))
     return _build(raw, errors, fps, chunk_frames)
 
@@ -203,9 +214,12 @@ def parse_schedule_json(text: str, fps: int = DEFAULT_FPS, chunk_frames: int = 3
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ScheduleError(err.lineno, f"invalid JSON: {err.msg}") from None
+    frame_fps = None
     if isinstance(data, dict):
-        fps = data.get("fps", fps)
-        if not isinstance(fps, (int, float)) or isinstance(fps, bool) or fps <= 0:
+        # The file's fps only says what its "48f" times mean; seconds stay seconds of the video, whose
+        # chunks are at the video's fps (snapping at the file's fps moved a 12 s switch to 17.8 s).
+        frame_fps = data.get("fps", fps)
+        if not isinstance(frame_fps, (int, float)) or isinstance(frame_fps, bool) or not 0 < frame_fps < 1e6:
             raise ScheduleError(0, '"fps" must be a positive number')
         data = data.get("prompts")
     if not isinstance(data, list):
@@ -224,7 +238,7 @@ def parse_schedule_json(text: str, fps: int = DEFAULT_FPS, chunk_frames: int = 3
             errors.append((i, "missing or empty prompt"))
             continue
         raw.append((i, time, item["prompt"]))
-    return _build(raw, errors, fps, chunk_frames, what="item")
+    return _build(raw, errors, fps, chunk_frames, what="item", frame_fps=frame_fps)
 
 
 def parse_schedule(text: str, fps: int = DEFAULT_FPS, chunk_frames: int = 3) -> PromptSchedule:

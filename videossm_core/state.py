@@ -108,6 +108,9 @@ class StreamState:
     history: list[dict[str, Any]] = field(default_factory=list)
     vae_cache: dict[str, Tensor] = field(default_factory=dict)
     vae_meta: dict[str, Any] = field(default_factory=dict)
+    # The mp4 this stream is written to, when the state was saved: {"path": ..., "frames": N}. A resume
+    # cuts the file back to N frames (it may hold more: frames made after this save), then appends.
+    video: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -229,6 +232,7 @@ class StreamState:
             "counters": self.counters,
             "history": self.history,
             "vae_meta": self.vae_meta,
+            "video": self.video,
         }
         path = os.fspath(path)
         tmp = f"{path}.partial"
@@ -238,7 +242,8 @@ class StreamState:
         except OSError as err:
             if os.path.exists(tmp):
                 os.remove(tmp)
-            raise OSError(err.errno, f"could not write the stream state to {path}: {err.strerror}. "
+            reason = err.strerror or str(err)
+            raise OSError(err.errno, f"could not write the stream state to {path}: {reason}. "
                           "Free some disk space or choose another folder; nothing generated so far was lost "
                           "(the previous state file, if any, is unchanged)") from err
 
@@ -259,11 +264,26 @@ class StreamState:
         if raw_meta is None:
             raise StateFileError(f"{path} is a safetensors file but not a VideoSSM stream state (no 'videossm' "
                                  "metadata); model checkpoints go to the model loader")
-        meta = json.loads(raw_meta)
+        try:
+            meta = json.loads(raw_meta)
+            if not isinstance(meta, dict):
+                raise TypeError("the metadata is not a JSON object")
+        except (ValueError, TypeError) as err:
+            raise StateFileError(f"{path} has damaged stream-state metadata ({err}); use an earlier state "
+                                 "or start a new stream") from None
         if meta.get("format") != STATE_FORMAT:
             raise StateFileError(f"{path} holds {meta.get('format')!r}, not a stream state")
-        if meta.get("version", 0) > STATE_VERSION:
+        if not isinstance(meta.get("version", 0), int) or meta.get("version", 0) > STATE_VERSION:
             raise StateFileError(f"{path} was written by a newer VideoSSM (state version {meta['version']}); update")
+        try:
+            return cls._from_meta(meta, tensors)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            what = f"missing {err}" if isinstance(err, KeyError) else str(err)
+            raise StateFileError(f"{path} has damaged stream-state metadata ({type(err).__name__}: {what}); "
+                                 "use an earlier state or start a new stream") from None
+
+    @classmethod
+    def _from_meta(cls, meta: dict, tensors: dict[str, Tensor]) -> "StreamState":
         state = cls(
             model_config=ModelConfig.from_dict(meta["model_config"]),
             stream=StreamConfig.from_dict(meta["stream"]),
@@ -278,7 +298,14 @@ class StreamState:
             counters=dict(meta["counters"]),
             history=list(meta["history"]),
             vae_meta=dict(meta.get("vae_meta") or {}),
+            video=dict(meta.get("video") or {}),
         )
+        for name, value in (("seed", state.seed), ("batch", state.batch), ("next_frame", state.next_frame),
+                            ("segment_index", state.segment_index), ("recent_start", state.recent_start)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise TypeError(f"{name} must be a non-negative integer, got {value!r}")
+        if not isinstance(state.prompt, str):
+            raise TypeError(f"prompt must be text, got {state.prompt!r}")
         for bname, bmeta in meta["branches"].items():
             branch = state._empty_branch()
             branch.slot_frames = list(bmeta["slot_frames"])

@@ -134,6 +134,21 @@ class DemoTextEncoder(nn.Module):
             ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         return ids
 
+    def prompt_warnings(self, prompt: str) -> list[str]:
+        """What ``tokenize`` silently drops from a prompt (unknown words, words past ``text_len``), in
+        words a user can act on; empty when the prompt is encoded as written."""
+        words = split_words(prompt)
+        out = []
+        unknown = sorted({w for w in words if w not in self.word_to_id})
+        if unknown:
+            shown = ", ".join(unknown[:8]) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+            out.append(f"the demo text encoder does not know {shown} (in {prompt[:60]!r}) and ignores them; "
+                       "it knows only the demo world's words (see videossm_core/demo/weights/CARD.md)")
+        if len(words) > self.text_len:
+            out.append(f"{prompt[:60]!r} has {len(words)} words; the demo text encoder reads only the first "
+                       f"{self.text_len}")
+        return out
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids [B, L <= text_len]`` -> embeddings ``[B, text_len, text_dim]``, zero where ids == pad."""
         if ids.ndim != 2 or ids.shape[1] > self.text_len:

@@ -75,7 +75,9 @@ export function chunkBoundariesSeconds(durationSeconds, { fps = DEFAULT_FPS } = 
 
 // ------------------------------------------------------------------ parsing
 
-const TIME_RE = /^(?:(\d+(?:\.\d+)?)s?|(\d+)m(?:(\d+(?:\.\d+)?)s)?|(\d+)f)$/i;
+const TIME_RE = /^(?:(\d+(?:\.\d+)?)s?|(\d+)m(?:(\d+(?:\.\d+)?)s)?|(\d+)f|(\d+):([0-5]\d(?:\.\d+)?))$/i;
+// "1:30: a prompt" is minutes:seconds, not a switch at 1 s with the prompt "30: a prompt"
+const CLOCK_LINE_RE = /^(\d+:[0-5]\d(?:\.\d+)?)\s*:([\s\S]*)$/;
 
 /** Seconds for a TIME string ("12", "12.5s", "1m30s", "2m", "40f"), or null if invalid. */
 export function parseTime(text, fps = DEFAULT_FPS) {
@@ -83,6 +85,7 @@ export function parseTime(text, fps = DEFAULT_FPS) {
   if (!m) return null;
   if (m[1] !== undefined) return Number(m[1]);
   if (m[2] !== undefined) return Number(m[2]) * 60 + (m[3] !== undefined ? Number(m[3]) : 0);
+  if (m[5] !== undefined) return Number(m[5]) * 60 + Number(m[6]);
   return Number(m[4]) / fps;
 }
 
@@ -118,8 +121,9 @@ export function parseSchedule(text, { fps = DEFAULT_FPS } = {}) {
       errors.push({ line, message: `line ${line}: expected "TIME: PROMPT"` });
       return;
     }
-    const timeText = s.slice(0, colon).trim();
-    const prompt = s.slice(colon + 1).trim();
+    const clock = CLOCK_LINE_RE.exec(s);
+    const timeText = clock ? clock[1] : s.slice(0, colon).trim();
+    const prompt = (clock ? clock[2] : s.slice(colon + 1)).trim();
     const time = parseTime(timeText, fps);
     if (time === null) {
       errors.push({ line, message: `line ${line}: invalid time "${timeText}" (use 12, 12.5s, 1m30s or 40f)` });
@@ -144,12 +148,14 @@ function parseJsonSchedule(src, fps) {
     return { entries: [], errors: [{ line, message: `line ${line}: invalid JSON: ${e.message}` }], fps };
   }
   let items = data;
+  // the file's fps only says what its "48f" times mean; chunks follow the video's fps
+  let frameFps = fps;
   if (data && !Array.isArray(data) && typeof data === "object") {
     if (data.fps !== undefined) {
       if (typeof data.fps !== "number" || !(data.fps > 0) || !Number.isFinite(data.fps)) {
         return { entries: [], errors: [{ line: 0, message: '"fps" must be a positive number' }], fps };
       }
-      fps = data.fps;
+      frameFps = data.fps;
     }
     items = data.prompts;
   }
@@ -172,7 +178,7 @@ function parseJsonSchedule(src, fps) {
     if (typeof item.time === "number") {
       time = Number.isFinite(item.time) && item.time >= 0 ? item.time : null;
     } else if (typeof item.time === "string") {
-      time = parseTime(item.time, fps);
+      time = parseTime(item.time, frameFps);
     }
     if (time === null) {
       const shown = item.time === undefined ? "missing" : JSON.stringify(item.time);

@@ -684,3 +684,43 @@ def test_bad_inputs_give_clear_errors(name, weights, tmp_path):
         ck.load_model(source, num_heads=2)
     assert isinstance(err.value, ValueError)
     assert "Traceback" not in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LoRAs on training checkpoints (issue #20)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_a_lora_merges_into_generator_not_generator_ema(weights, inputs, tmp_path):
+    """LongLive trains its LoRA on ``generator``; a base file that also holds ``generator_ema`` must not get
+    the LoRA merged into the EMA weights (without a LoRA, EMA stays the default)."""
+    ema = fx.reference_weights(seed=7)
+    base_path = _save_pt(fx.training_checkpoint(fx.wan_layout(weights), ema=fx.wan_layout(ema)),
+                         tmp_path / "longlive_base.pt")
+    lora = fx.make_lora(rank=4)
+    lora_path = _save_pt(fx.peft_lora_layout(lora, wrapper="generator_lora"), tmp_path / "lora.pt")
+    model = ck.load_model(base_path, lora_path=lora_path, num_heads=2, config_overrides=TINY_OVERRIDES)
+    manual = _fresh_base(weights)
+    ck.merge_lora(manual, lora_path, 1.0)
+    assert torch.equal(_forward(model, inputs), _forward(manual, inputs))
+    plain = ck.load_model(base_path, num_heads=2, config_overrides=TINY_OVERRIDES)
+    ema_model = ck.load_model(fx.wan_layout(ema), num_heads=2, config_overrides=TINY_OVERRIDES)
+    assert torch.equal(_forward(plain, inputs), _forward(ema_model, inputs))
+
+
+def test_lora_alpha_comes_from_the_peft_config_in_the_file(weights, tmp_path):
+    lora = fx.make_lora(rank=4)
+    path = _save_pt({**fx.peft_lora_layout(lora, wrapper="generator_lora"),
+                     "peft_config": {"default": {"r": 4, "lora_alpha": 8}}}, tmp_path / "lora.pt")
+    model = _fresh_base(weights)
+    info = ck.merge_lora(model, path, 1.0)
+    assert info["alphas"] == [8.0] and info["scales"] == [2.0]
+    a, b = lora["blocks.0.self_attn.q"]
+    torch.testing.assert_close(model.blocks[0].self_attn.q.weight, weights["blocks.0.self_attn.q.weight"] + 2.0 * b @ a)
+
+
+def test_a_training_checkpoint_given_as_a_lora_is_named(weights, tmp_path):
+    base_path = _save_pt(fx.training_checkpoint(fx.wan_layout(weights), ema=fx.wan_layout(weights)),
+                         tmp_path / "longlive_base.pt")
+    with pytest.raises(CheckpointError, match="this is a full model .*, not a LoRA"):
+        ck.merge_lora(_fresh_base(weights), base_path)

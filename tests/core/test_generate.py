@@ -150,3 +150,68 @@ def test_a_stop_between_timed_checkpoints_saves_the_state_of_the_video(parts, tm
     events.close()  # what Cancel and Ctrl-C do
     assert StreamState.load(tmp_path / "s.state.safetensors").next_frame == 9
     assert len(read_video(tmp_path / "s.mp4")) == 9 + 12 + 12
+
+
+def test_every_saved_state_is_covered_by_the_mp4_on_disk(parts, tmp_path, monkeypatch):
+    """A state saved while the video lags would claim frames a crash then loses (the state is the only
+    way to continue, so they could never be made again): at every save the file must already hold them."""
+    from videossm_core.video_io import mp4_frames
+
+    seen = []
+    real_save = StreamState.save
+
+    def checking_save(self, path):
+        seen.append((mp4_frames(tmp_path / "sync.mp4"), self.video["frames"], self.next_frame))
+        return real_save(self, path)
+
+    monkeypatch.setattr(StreamState, "save", checking_save)
+    _run(parts, tmp_path, "sync", 3.0, checkpoint_seconds=0)  # a save after every chunk
+    assert [(on_disk, claimed) for on_disk, claimed, _ in seen] == [(9, 9), (21, 21), (33, 33), (45, 45), (57, 57)]
+
+
+def test_a_failed_state_save_says_what_to_do_and_the_resume_is_gap_free(parts, tmp_path, monkeypatch):
+    """A state save that fails (a full disk) ends the run with the free-space message, and the chunk whose
+    state was not saved (already in the mp4) is cut off on resume."""
+    from videossm_core import state as state_module
+
+    full = _run(parts, tmp_path, "full", 3.0, checkpoint_seconds=0)  # the same mp4 segments (keyframes) as below
+    real_write = state_module.write_safetensors
+    calls = {"n": 0}
+
+    def full_disk(filename, tensors, metadata):
+        calls["n"] += 1
+        if calls["n"] >= 3:  # the disk fills at the third save and stays full (the save on the way out fails too)
+            with open(filename, "wb") as f:
+                f.write(b"\0" * 100)  # what a full disk leaves: a partial temp file
+            raise OSError(28, "No space left on device")
+        return real_write(filename, tensors, metadata)
+
+    monkeypatch.setattr(state_module, "write_safetensors", full_disk)
+    with pytest.raises(OSError, match="Free some disk space"):
+        _run(parts, tmp_path, "disk", 3.0, checkpoint_seconds=0)  # a save after every chunk
+    monkeypatch.setattr(state_module, "write_safetensors", real_write)
+    assert not list(tmp_path.glob("*.partial"))
+    state = StreamState.load(tmp_path / "disk.state.safetensors")
+    assert state.next_frame == 6 and state.video["frames"] == 21
+    assert video_info(tmp_path / "disk.mp4")["frames"] == 33  # the third chunk reached the video, not the state
+    model, vae, encode = parts
+    list(generate_video(model, vae, encode, parse_schedule("0s: second prompt\n"), 2.25, SIZE, SIZE,
+                        video_path=tmp_path / "disk.mp4", state=state, append_video=True,
+                        state_path=tmp_path / "disk.state.safetensors", checkpoint_seconds=0))
+    video, reference = read_video(tmp_path / "disk.mp4"), read_video(tmp_path / "full.mp4")
+    assert len(video) == len(reference) == sum(len(f) for f in full) == 57
+    assert np.abs(video.astype(int) - reference.astype(int)).mean(axis=(1, 2, 3)).max() < 3
+    assert StreamState.load(tmp_path / "disk.state.safetensors").video["frames"] == 57
+
+
+def test_appending_to_a_video_shorter_than_its_state_is_refused(parts, tmp_path):
+    from videossm_core.video_io import VideoFileError, trim_mp4
+
+    _run(parts, tmp_path, "short", 3.0, stop_after=3)
+    trim_mp4(tmp_path / "short.mp4", 21)  # as if the file lost its last chunk
+    state = StreamState.load(tmp_path / "short.state.safetensors")
+    model, vae, encode = parts
+    with pytest.raises(VideoFileError, match="holds 21 video frames but the stream state continues after frame 33"):
+        next(generate_video(model, vae, encode, parse_schedule("0s: second prompt\n"), 1.0, SIZE, SIZE,
+                            video_path=tmp_path / "short.mp4", state=state, append_video=True))
+    assert video_info(tmp_path / "short.mp4")["frames"] == 21

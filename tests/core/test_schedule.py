@@ -66,3 +66,19 @@ def test_time_forms():
     for bad in ("1.5m", "-3", "1m30", "abc", ""):
         with pytest.raises(ValueError):
             parse_time(bad)
+
+
+def test_clock_times_and_a_capped_error_list():
+    assert parse_time("1:30") == 90 and parse_time("0:05.5") == 5.5
+    with pytest.raises(ValueError):
+        parse_time("1:75")
+    with pytest.raises(ScheduleError) as info:
+        parse_schedule("0s: a\n" + "banana\n" * 1999)
+    assert len(info.value.errors) == 1999  # every bad line is still available to callers
+    message = str(info.value)
+    assert message.count("line ") == 10 and message.endswith("and 1989 more bad lines") and len(message) < 1000
+
+
+def test_json_fps_does_not_move_times_given_in_seconds():
+    schedule = parse_schedule('{"fps": 24, "prompts": [{"time": 0, "prompt": "a"}, {"time": "12s", "prompt": "b"}]}')
+    assert schedule.fps == 16 and schedule.entries[1].chunk == snap_to_chunk(12.0)  # 12 s, not 17.8 s

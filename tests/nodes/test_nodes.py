@@ -461,8 +461,10 @@ def test_continue_template_continues_a_saved_state(comfy, demo_run):
     assert n == 2
     assert progress_of(run, sampler) == [(k, n) for k in range(1, n + 1)]
     mp4, state_path = sampler_outputs(comfy, run, sampler)
-    assert read_mp4(mp4).shape == (12 * n, 64, 64, 3)  # a continued stream's chunks are all 12 frames
+    # one video: the demo run's frames, then the continuation (a continued stream's chunks are all 12 frames)
+    assert read_mp4(mp4).shape == (video_frames(3) + 12 * n, 64, 64, 3)
     after = load_state(state_path)
+    assert after.video["frames"] == video_frames(3) + 12 * n
     assert after.next_frame == before.next_frame + 3 * n
     assert after.prompt == "a green ring zigzagging on a gradient background"
     text = run.outputs[one(graph, "VideoSSMSaveState")]["text"][0]
@@ -519,6 +521,8 @@ def test_interrupt_keeps_partial_video_and_state_then_continue(comfy):
     done = state.next_frame // 3
     assert interrupted_after <= done < total, f"{done} chunks finished before the interrupt"
     assert read_mp4(mp4s[0]).shape[0] == video_frames(done), "the partial mp4 must hold every finished chunk"
+    assert state.video["frames"] == video_frames(done)  # the state knows what its video holds
+    first_bytes = mp4s[0].read_bytes()
 
     # the rest of the video from that state, loaded from output/ (" [output]")
     rest_seconds = 12 * (total - done) / 16
@@ -529,7 +533,9 @@ def test_interrupt_keeps_partial_video_and_state_then_continue(comfy):
     assert progress_of(run2, "4") == [(k, total - done) for k in range(1, total - done + 1)]
     mp4b, state_b = sampler_outputs(comfy, run2, "4")
     assert load_state(state_b).next_frame == 3 * total
-    assert read_mp4(mp4s[0]).shape[0] + read_mp4(mp4b).shape[0] == video_frames(total)
+    # one video: the new file starts with the stream so far; the interrupted one is left as it was
+    assert read_mp4(mp4b).shape[0] == video_frames(total) == load_state(state_b).video["frames"]
+    assert mp4s[0].read_bytes() == first_bytes
 
 
 # ------------------------------------------------------------------ no mutation through the cache
