@@ -94,7 +94,7 @@ class SelfAttention(_Projections):
         return self.o(out.flatten(-2))
 
     def forward_stream(self, x: Tensor, cache: LayerCache, plan: CachePlan, memory_on: bool,
-                       gamma_per_token: Tensor | None, memory_update: str = "chunkwise") -> Tensor:
+                       gamma_per_token: Tensor | None, memory_update: str = "auto") -> Tensor:
         """One streaming call: evict to memory, store this call's K/V (and gates), attend, read memory.
 
         Cached K/V are stored detached (gradients stop at the chunk boundary, as in Self-Forcing);
