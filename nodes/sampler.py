@@ -17,7 +17,7 @@ from ..videossm_core.generate import DEFAULT_CHECKPOINT_SECONDS, generate_video,
 from ..videossm_core.schedule import ScheduleError
 from ..videossm_core.vae import vae_from_state_dict
 from ..videossm_core.video_io import VideoFileError, copy_mp4_prefix
-from ._files import _inside, check_relative_name, output_path
+from ._files import OUTPUT_TAG, STATE_FOLDER, _inside, check_relative_name, output_path
 from ._types import CATEGORY, VideoSSMModel, VideoSSMSchedule, VideoSSMState
 
 
@@ -161,6 +161,14 @@ class VideoSSMSampler(io.ComfyNode):
                 comfy.model_management.throw_exception_if_processing_interrupted()
         except ScheduleError as err:
             raise ValueError(f"prompt schedule, {err}") from None
+        except OSError as err:  # e.g. a full disk: the saved state continues the stream, say how
+            if not os.path.isfile(state_path):
+                raise
+            name = os.path.basename(state_path)
+            how = (f"load '{name}{OUTPUT_TAG}' with VideoSSM Load State" if subfolder == STATE_FOLDER
+                   else f"copy {subfolder}/{name} into input/{STATE_FOLDER}, load it with VideoSSM Load State")
+            raise OSError(err.errno, f"{err.strerror or err}. To continue the stream (its video grows from "
+                                     f"the last saved chunk), {how} into this sampler and queue it again") from err
         finally:
             events.close()  # closes the mp4 and keeps the state of every finished chunk
         out_state = last.state

@@ -156,13 +156,17 @@ class ComfyServer:
     include_repo_pack: symlink this repository as custom_nodes/comfyui-videossm.
     settings: merged over DEFAULT_SETTINGS into user/default/comfy.settings.json.
     extra_args: more main.py flags (e.g. ["--cache-none"]).
+    output_tmpfs_kib: put output/ on a tmpfs of this many KiB, in a private mount namespace of the
+        server (`unshare -rm`; a small disk for full-disk tests). The files are then visible only
+        through /proc/<pid>/root, which `output_dir` points into, and vanish when the server stops.
     """
 
     def __init__(self, *, models: Mapping[str, Any] | None = None,
                  extra_custom_nodes: Iterable[str | os.PathLike] = (),
                  include_repo_pack: bool = True, settings: Mapping[str, Any] | None = None,
                  extra_args: Iterable[str] = (), label: str = "server",
-                 startup_timeout: float = 180.0, keep_base_dir: bool = False):
+                 startup_timeout: float = 180.0, keep_base_dir: bool = False,
+                 output_tmpfs_kib: int | None = None):
         self.comfy_dir = comfyui_dir()
         self.models = dict(models or {})
         # keep the given name (a symlink's own name), link to the real target
@@ -173,6 +177,7 @@ class ComfyServer:
         self.label = label
         self.startup_timeout = startup_timeout
         self.keep_base_dir = keep_base_dir
+        self.output_tmpfs_kib = output_tmpfs_kib
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.base_dir: Path | None = None
@@ -187,7 +192,10 @@ class ComfyServer:
 
     @property
     def output_dir(self) -> Path:
-        """<base>/output (SaveImage & co. write here; removed when the server stops)."""
+        """<base>/output (SaveImage & co. write here; removed when the server stops). With
+        output_tmpfs_kib: the server's tmpfs there, seen through /proc/<pid>/root."""
+        if self.output_tmpfs_kib is not None and self.proc is not None:
+            return Path(f"/proc/{self.proc.pid}/root") / self.base_dir.relative_to("/") / "output"
         return self.base_dir / "output"
 
     @property
@@ -261,6 +269,9 @@ class ComfyServer:
                "--disable-auto-launch", "--disable-api-nodes",
                "--base-directory", str(self.base_dir),
                "--database-url", "sqlite:///:memory:", "--verbose", "WARNING", *self.extra_args]
+        if self.output_tmpfs_kib is not None:   # sh execs the server: same pid, same process group
+            mount = f"mount -t tmpfs -o size={int(self.output_tmpfs_kib)}k tmpfs \"$0\" && exec \"$@\""
+            cmd = ["unshare", "-rm", "sh", "-c", mount, str(self.base_dir / "output"), *cmd]
         env = {**os.environ, **_SERVER_ENV}
         t0 = time.monotonic()
         # own process group: a stuck server (and anything it spawned) can be killed as a unit
