@@ -58,17 +58,16 @@ CHROMIUM_ARGS = [
 ]
 
 WAN_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
-# LongLive publishes longlive_base.pt and lora.pt under models/ of its Hugging Face repo; the links are
-# pages (the frontend de-duplicates the missing-models list by url, so the two need different ones)
-LONGLIVE_REPO = "https://huggingface.co/Efficient-Large-Model/LongLive-1.3B"
-LONGLIVE_FILES = f"{LONGLIVE_REPO}/tree/main/models"
+# LongLive publishes longlive_base.pt and lora.pt under models/ of its Hugging Face repo: direct file
+# links, which the missing-models dialog offers to download (nothing is downloaded at run time)
+LONGLIVE_FILES = "https://huggingface.co/Efficient-Large-Model/LongLive-1.3B/resolve/main/models"
 
 # properties.models per (class_type, file name in the widget): what the missing-models dialog lists.
 MODELS: dict[tuple[str, str], dict] = {
-    ("VideoSSMModelLoader", "longlive_base.safetensors"): {
-        "name": "longlive_base.safetensors", "url": LONGLIVE_REPO, "directory": "diffusion_models"},
-    ("VideoSSMModelLoader", "longlive_lora.safetensors"): {
-        "name": "longlive_lora.safetensors", "url": LONGLIVE_FILES, "directory": "loras"},
+    ("VideoSSMModelLoader", "longlive_base.pt"): {
+        "name": "longlive_base.pt", "url": f"{LONGLIVE_FILES}/longlive_base.pt", "directory": "diffusion_models"},
+    ("VideoSSMModelLoader", "lora.pt"): {
+        "name": "lora.pt", "url": f"{LONGLIVE_FILES}/lora.pt", "directory": "loras"},
     ("CLIPLoader", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"): {
         "name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
         "url": f"{WAN_REPACKAGED}/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
@@ -88,10 +87,9 @@ NOTES: dict[str, str] = {
         "- The mp4 and the stream state go to `output/videossm/` as each chunk is made; Cancel keeps both."),
     "2 - LongLive weights - 832x480 prompt timeline to mp4": (
         "## VideoSSM with real weights\n"
-        "- `diffusion_models/longlive_base.safetensors`: LongLive (or Self-Forcing) 1.3B generator; "
-        "`loras/longlive_lora.safetensors`: LongLive's LoRA. The LongLive-1.3B repo ships them as "
-        "`models/longlive_base.pt` and `models/lora.pt`: put those in the same folders and pick them in "
-        "the loader (or convert them to safetensors under these names).\n"
+        "- `diffusion_models/longlive_base.pt` and `loras/lora.pt`: the LongLive 1.3B generator and its "
+        "LoRA, as Efficient-Large-Model/LongLive-1.3B publishes them under `models/` (the missing-models "
+        "dialog links both). A Self-Forcing generator works too.\n"
         "- `text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors` and `vae/wan_2.1_vae.safetensors` from "
         "Comfy-Org/Wan_2.1_ComfyUI_repackaged.\n\n"
         "The sampler streams the video to `output/videossm/` chunk by chunk (constant memory); Save Video "

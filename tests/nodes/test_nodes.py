@@ -23,7 +23,8 @@ import pytest
 
 from tests.comfy_server import REPO_ROOT
 from tests.demo_weights import require_demo_weights
-from tests.nodes.conftest import TINY_GENERATOR, TINY_LORA, TINY_T5, TINY_VAE, VAE_AS_GENERATOR
+from tests.nodes.conftest import (TINY_GENERATOR, TINY_LONGLIVE_BASE, TINY_LONGLIVE_LORA, TINY_LORA, TINY_T5,
+                                  TINY_VAE, VAE_AS_GENERATOR)
 
 WORKFLOWS = REPO_ROOT / "workflows"
 API_DIR = WORKFLOWS / "api"
@@ -71,9 +72,10 @@ def shorten(graph: dict, seconds: float) -> dict:
 
 
 def with_stand_ins(graph: dict) -> dict:
-    """The real-weights template with the tiny stand-in files substituted for the real ones."""
+    """The real-weights template with the tiny stand-in files substituted for the real ones (LongLive's
+    in its own .pt layout, so the loader is shown to take the files LongLive publishes)."""
     graph = copy.deepcopy(graph)
-    swap = {"longlive_base.safetensors": TINY_GENERATOR, "longlive_lora.safetensors": TINY_LORA,
+    swap = {"longlive_base.pt": TINY_LONGLIVE_BASE, "lora.pt": TINY_LONGLIVE_LORA,
             "umt5_xxl_fp8_e4m3fn_scaled.safetensors": TINY_T5, "wan_2.1_vae.safetensors": TINY_VAE}
     for node in graph.values():
         for name, value in node["inputs"].items():
@@ -330,8 +332,9 @@ def test_templates_have_api_sources_and_say_what_they_do():
     assert sched["model"] == [one(demo, "VideoSSMModelLoader"), 0] and "clip" not in sched
 
     real = load_api(REAL_TEMPLATE)
-    assert real[one(real, "VideoSSMModelLoader")]["inputs"]["checkpoint"] == "longlive_base.safetensors"
-    assert real[one(real, "VideoSSMModelLoader")]["inputs"]["lora"] == "longlive_lora.safetensors"
+    # the files LongLive-1.3B publishes (models/longlive_base.pt, models/lora.pt), under their own names
+    assert real[one(real, "VideoSSMModelLoader")]["inputs"]["checkpoint"] == "longlive_base.pt"
+    assert real[one(real, "VideoSSMModelLoader")]["inputs"]["lora"] == "lora.pt"
     assert real[one(real, "CLIPLoader")]["inputs"] == {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
                                                        "type": "wan", "device": "default"}
     assert real[one(real, "VAELoader")]["inputs"]["vae_name"] == "wan_2.1_vae.safetensors"
@@ -364,9 +367,10 @@ def test_ui_templates_fixed_seeds_and_model_metadata():
         assert link_ids == list(range(1, len(link_ids) + 1)) and ui["last_link_id"] == len(link_ids)
     ui = json.loads((WORKFLOWS / f"{REAL_TEMPLATE}.json").read_text(encoding="utf-8"))
     models = {n["type"]: n["properties"].get("models") for n in ui["nodes"]}
-    assert [m["name"] for m in models["VideoSSMModelLoader"]] == ["longlive_base.safetensors",
-                                                                   "longlive_lora.safetensors"]
-    assert [m["directory"] for m in models["VideoSSMModelLoader"]] == ["diffusion_models", "loras"]
+    longlive = "https://huggingface.co/Efficient-Large-Model/LongLive-1.3B/resolve/main/models/"
+    assert models["VideoSSMModelLoader"] == [
+        {"name": "longlive_base.pt", "url": longlive + "longlive_base.pt", "directory": "diffusion_models"},
+        {"name": "lora.pt", "url": longlive + "lora.pt", "directory": "loras"}]
     assert models["CLIPLoader"] == [{
         "name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "directory": "text_encoders",
         "url": "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/"
