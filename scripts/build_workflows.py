@@ -102,6 +102,10 @@ NOTES: dict[str, str] = {
         "seamlessly with the new prompt; schedule times count from where the stream stopped."),
 }
 
+# nodes whose content needs more than their default size: the plot preview shows the 768x480 plot
+# readably; Inspect / Save State leave room for the summary text they show after a run
+MIN_SIZES = {"PreviewImage": [420, 330], "VideoSSMInspectState": [360, 120], "VideoSSMSaveState": [360, 120]}
+
 # no minimap or canvas statistics over the graph in the thumbnails
 UI_SETTINGS = {"Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False}
 
@@ -110,7 +114,7 @@ BOOTED_JS = """() => !!(window.app && window.app.graph && window.LiteGraph
     && (window.app.graph.nodes || window.app.graph._nodes || []).length > 0
     && (window.app.extensions || []).some(e => e.name === 'videossm.timeline'))"""
 
-BUILD_JS = """async ({api, name, models, note}) => {
+BUILD_JS = """async ({api, name, models, note, minSizes}) => {
   app.loadApiJson(api, name);
   await new Promise(r => setTimeout(r, 300));
   const g = app.graph;
@@ -121,8 +125,8 @@ BUILD_JS = """async ({api, name, models, note}) => {
     const values = (node.widgets ?? []).map(w => w.value);
     const found = models.filter(m => m.type === node.type && values.includes(m.model.name)).map(m => m.model);
     if (found.length) node.properties.models = found;
-    const size = node.computeSize();
-    node.setSize([Math.max(node.size[0], size[0]), Math.max(node.size[1], size[1])]);
+    const size = node.computeSize(), min = minSizes[node.type] ?? [0, 0];
+    node.setSize([Math.max(node.size[0], size[0], min[0]), Math.max(node.size[1], size[1], min[1])]);
   }
   g.arrange(60);
   if (note) {
@@ -279,7 +283,8 @@ def build(names: list[str] | None = None, log=print) -> dict[str, tuple[bytes, b
             page.wait_for_function(BOOTED_JS, timeout=120_000)
             for name, api in sources.items():
                 log(f"building {name!r}")
-                page.evaluate(BUILD_JS, {"api": api, "name": name, "models": models, "note": NOTES.get(name, "")})
+                page.evaluate(BUILD_JS, {"api": api, "name": name, "models": models, "note": NOTES.get(name, ""),
+                                         "minSizes": MIN_SIZES})
                 diff = prompt_differences(page.evaluate(PROMPT_JS), api)
                 if diff:
                     raise SystemExit(f"{name}: the UI graph does not round-trip to its API source:\n  "

@@ -344,6 +344,7 @@ export function lateIndices(entries, duration, { fps = DEFAULT_FPS } = {}) {
 export function laneLength(entries, duration, { fps = DEFAULT_FPS } = {}) {
   const d = duration > 0 ? duration : 0;
   if (!entries.length) return d || 10;
+  if (d > 0 && !lateIndices(entries, d, { fps }).length) return d;
   const k = chunkIndexAt(entries[entries.length - 1].time, fps);
   return Math.max(d, chunkStartSeconds(k + 1, fps) + 0.25);
 }

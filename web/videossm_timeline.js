@@ -396,7 +396,7 @@ class TimelineController {
     this.commit(editPrompt(entries, this.selected, this.promptInput.value));
   }
 
-  get lane() {
+  get laneSeconds() {
     return laneLength(this.parsed.entries, this.duration, { fps: this.fps });
   }
 
@@ -415,7 +415,7 @@ class TimelineController {
     const { entries, errors } = this.parsed;
     if (index === 0 || errors.length) return this.refresh(true); // the first prompt always starts at 0
     e.preventDefault();
-    const lane = this.lane; // fixed for the drag, so the blocks do not slide under the pointer
+    const lane = this.laneSeconds; // fixed for the drag, so the blocks do not slide under the pointer
     // a handle moves the start at once; a body press becomes a drag once it moves (else a click),
     // keeping the offset between the pointer and the block's start
     const offset = handle ? 0 : this.pointerTime(e, lane) - entries[index].time;

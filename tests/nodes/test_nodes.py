@@ -363,6 +363,11 @@ def test_ui_templates_fixed_seeds_and_model_metadata():
                 seed_at = 1  # seconds, seed, control_after_generate, steps, ...
                 assert values[seed_at] == api[str(node["id"])]["inputs"]["seed"]
                 assert values[seed_at + 1] == "fixed", f"{stem}: seed control is {values[seed_at + 1]!r}"
+        for node in ui["nodes"]:  # sized for their content (scripts/build_workflows.py MIN_SIZES)
+            if node["type"] == "PreviewImage":
+                assert node["size"][0] >= 420 and node["size"][1] >= 330, (stem, node["size"])
+            if node["type"] in ("VideoSSMInspectState", "VideoSSMSaveState"):
+                assert node["size"][0] >= 360, (stem, node["type"], node["size"])
         link_ids = [link[0] for link in ui["links"]]
         assert link_ids == list(range(1, len(link_ids) + 1)) and ui["last_link_id"] == len(link_ids)
     ui = json.loads((WORKFLOWS / f"{REAL_TEMPLATE}.json").read_text(encoding="utf-8"))

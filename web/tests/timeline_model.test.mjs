@@ -273,6 +273,7 @@ describe("clean times, late prompts, fit to length, colours (issue #21)", () => 
     const fit = fitToLength(e, 10);
     assert.deepEqual(fit.map((x) => x.prompt), ["a", "b", "c"]);
     assert.deepEqual(lateIndices(fit, 10), []);
+    assert.equal(laneLength(fit, 10), 10, "nothing late: the lane is the video");
     const k = fit.map((x) => chunkIndexAt(x.time));
     assert.ok(k[0] === 0 && k[1] > 0 && k[2] > k[1], `${k}`);
     assert.ok(Math.abs(fit[1].time - 10 * 20 / 40.75) < 1.5, `${fit[1].time} keeps the relative spacing`);
