@@ -434,3 +434,28 @@ export function niceTickStep(duration, width, targetPx = 80) {
   for (const step of [0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600]) if (step >= raw) return step;
   return 600 * Math.ceil(raw / 600);
 }
+
+// ------------------------------------------------------------------ generation time
+
+/**
+ * Seconds per chunk measured from the completion times (ms) of one run's chunks: the median gap
+ * between consecutive chunks (the first chunk also pays for loading the model, so it is left out).
+ * null with fewer than two chunks.
+ */
+export function paceFromChunkTimes(timesMs) {
+  const gaps = [];
+  for (let i = 1; i < timesMs.length; i += 1) gaps.push((timesMs[i] - timesMs[i - 1]) / 1000);
+  if (!gaps.length) return null;
+  gaps.sort((a, b) => a - b);
+  const mid = Math.floor(gaps.length / 2);
+  return gaps.length % 2 ? gaps[mid] : (gaps[mid - 1] + gaps[mid]) / 2;
+}
+
+/** A rough duration for people: "~40 s", "~12 min", "~2 h 5 min". */
+export function formatDuration(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `~${s} s`;
+  const m = Math.round(s / 60);
+  if (m < 60) return `~${m} min`;
+  return `~${Math.floor(m / 60)} h ${m % 60} min`;
+}

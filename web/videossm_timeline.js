@@ -21,7 +21,7 @@ import {
   DEFAULT_FPS, parseSchedule, serializeSchedule, formatTime, chunkBoundariesSeconds,
   chunkCount, chunkStartSeconds, moveBoundary, addPrompt, removePrompt,
   editPrompt, suggestAddTime, spans, xToTime, niceTickStep,
-  lateIndices, laneLength, fitToLength, assignColorSlots,
+  lateIndices, laneLength, fitToLength, assignColorSlots, paceFromChunkTimes, formatDuration,
 } from "./timeline_model.js";
 
 const NODE_TYPE = "VideoSSMPromptSchedule";
@@ -114,6 +114,8 @@ class TimelineController {
     this.drag = null;
     this.colorSlots = []; // [{prompt, slot}] of the last render: colours follow prompts
     this.warnings = { schedule: "", sampler: "" }; // from the last run
+    this.chunkTimes = []; // when each chunk of the current run arrived (ms)
+    this.pace = null; // seconds per chunk measured in the last run: the only honest basis for an estimate
     this.scheduleWidget = node.widgets?.find((w) => w.name === SCHEDULE);
     this.hideScheduleWidget();
     this.build();
@@ -253,7 +255,7 @@ class TimelineController {
     const id = String(this.node.id); // the id is only assigned after onNodeCreated (add / configure)
     if (this.root.dataset.node !== id) this.root.dataset.node = id;
     const key = [this.text, this.duration, this.fps, this.playhead, this.warnings.schedule,
-      this.warnings.sampler].join("\u0000");
+      this.warnings.sampler, this.pace].join("\u0000");
     if (!force && key === this.rendered) return;
     this.rendered = key;
     this.render();
@@ -339,6 +341,9 @@ class TimelineController {
     const n = chunkCount(length, { fps });
     const source = this.samplerSecondsWidget ? " (sampler)" : "";
     this.info.textContent = `${entries.length} prompt${entries.length === 1 ? "" : "s"} · ${formatTime(length)}${source} · ${n} chunk${n === 1 ? "" : "s"}`;
+    // no estimate before a run has measured this machine (model, size and steps all change it)
+    if (this.pace != null) this.info.textContent += ` · ${formatDuration(n * this.pace)} at the last run's pace`;
+    this.info.title = this.pace != null ? `${this.pace.toFixed(2)} s per chunk in the last run` : "";
     this.errorsEl.textContent = errors.map((e) => e.message).join("\n");
     if (!ok && !this.textMode) this.errorsEl.textContent += "\n(switch to Text to fix)";
     const notes = [];
@@ -463,6 +468,11 @@ class TimelineController {
   }
 
   // -------------------------------------------------------------- progress
+  noteChunk() {
+    this.chunkTimes.push(performance.now());
+    this.pace = paceFromChunkTimes(this.chunkTimes) ?? this.pace;
+  }
+
   setPlayhead(seconds) {
     this.playhead = seconds;
     this.refresh();
@@ -502,6 +512,7 @@ function onChunkEvent(event) {
   for (const c of timelinesFor(String(d.node ?? ""))) {
     const seconds = Number.isFinite(d.seconds) ? d.seconds
       : chunkStartSeconds((d.chunk ?? 0) + 1, c.fps);
+    c.noteChunk();
     c.setPlayhead(Math.min(seconds, c.duration));
   }
 }
@@ -550,6 +561,7 @@ const extension = {
     // a new run starts with no playhead and no warnings of the last one
     api.addEventListener("execution_start", () => live.forEach((c) => {
       c.warnings = { schedule: "", sampler: "" };
+      c.chunkTimes = [];
       c.setPlayhead(null);
     }));
   },

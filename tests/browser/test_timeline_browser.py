@@ -231,3 +231,24 @@ def test_inspect_state_shows_its_summary(browser_page):
     assert not shown["saved"], "the summary box is not saved into the workflow"
     bp.screenshot("inspect-state-summary")
     bp.assert_clean()
+
+
+def test_generation_time_estimate_comes_from_the_last_runs_pace(browser_page):
+    """No estimate before a run; after the sampler's chunk events (sent here through the frontend's api
+    object, as the websocket delivers them) the info line estimates the length at the measured pace."""
+    bp = browser_page
+    node_id = _open_demo(bp)
+    info = bp.evaluate(LANE_JS, node_id)["info"]
+    assert "pace" not in info, info
+    sampler = bp.evaluate("() => app.graph.nodes.find(n => n.type === 'VideoSSMSampler').id")
+    for chunk in range(4):
+        bp.evaluate("""([node, chunk]) => window.comfyAPI.api.api.dispatchEvent(new CustomEvent('videossm.chunk',
+            {detail: {node: String(node), chunk, done: chunk + 1, total: 81, seconds: (9 + 12 * chunk) / 16}}))""",
+                    [sampler, chunk])
+        bp.page.wait_for_timeout(500)
+    info = bp.evaluate(LANE_JS, node_id)["info"]
+    # 81 chunks at ~0.5 s each: about 40 s (the page's timers are not exact on a busy machine)
+    assert "at the last run's pace" in info, info
+    estimate = int(info.split("~")[1].split(" s")[0])
+    assert 30 <= estimate <= 70, info
+    bp.assert_clean()

@@ -298,3 +298,16 @@ describe("clean times, late prompts, fit to length, colours (issue #21)", () => 
     assert.deepEqual(assignColorSlots([], E([[0, "x"], [5, "x"]])), [0, 1]);
   });
 });
+
+describe("generation time estimate", () => {
+  test("pace is the median gap between chunks, the first (loading) chunk left out", async () => {
+    const { paceFromChunkTimes, formatDuration } = await import("../timeline_model.js");
+    assert.equal(paceFromChunkTimes([]), null);
+    assert.equal(paceFromChunkTimes([5000]), null);
+    assert.equal(paceFromChunkTimes([60000, 62000, 64000, 70000]), 2);   // one slow gap does not skew it
+    assert.equal(paceFromChunkTimes([0, 1000, 4000]), 2);
+    assert.equal(formatDuration(81 * 0.5), "~41 s");
+    assert.equal(formatDuration(81 * 8), "~11 min");
+    assert.equal(formatDuration(7500), "~2 h 5 min");
+  });
+});
