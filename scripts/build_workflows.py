@@ -82,7 +82,9 @@ NOTES: dict[str, str] = {
         "## VideoSSM demo\n"
         "A 60 s, 64x64 video from a 3-prompt timeline, on the small demo model that ships with the suite "
         "(its own VAE and demo-only text encoder). Runs on a CPU.\n\n"
-        "- Drag a block's left edge on the timeline to retime a prompt (it snaps to chunks).\n"
+        "- Drag a block on the timeline to retime a prompt (it snaps to chunks).\n"
+        "- The video's length is the sampler's `seconds`: the timeline follows it; prompts after the end "
+        "are shaded and skipped, and **Fit to length** moves them inside.\n"
         "- The demo only knows its toy world: *a {colour} {shape} {motion} on a {background} background*.\n"
         "- The mp4 and the stream state go to `output/videossm/` as each chunk is made; Cancel keeps both."),
     "2 - LongLive weights - 832x480 prompt timeline to mp4": (
