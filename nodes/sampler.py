@@ -91,7 +91,9 @@ class VideoSSMSampler(io.ComfyNode):
                                        "timeline follows it; prompts after the end are skipped."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="The random seed: the same seed and settings give the same video."),
-                io.Int.Input("steps", default=4, min=1, max=50, tooltip="Denoising steps per chunk: more is slower. Fast models such as LongLive are made for 4."),
+                io.Int.Input("steps", default=4, min=1, max=50,
+                             tooltip="Denoising steps per chunk: more is slower. Fast models such as LongLive are "
+                                     "made for 4."),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16,
                              tooltip="Video width in pixels. Wan 1.3B models are trained at 832x480."),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16,
@@ -99,8 +101,9 @@ class VideoSSMSampler(io.ComfyNode):
                 io.String.Input("filename_prefix", default="videossm/stream",
                                 tooltip="Where in ComfyUI's output folder the mp4 (and its stream state) go; a "
                                         "number is added."),
-                io.Vae.Input("vae", optional=True, tooltip="Turns the generated latents into pixels: the Wan2.1 VAE from Load VAE. The demo "
-                                                   "model brings its own."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="Turns the generated latents into pixels: the Wan2.1 VAE from Load VAE. The "
+                                     "demo model brings its own."),
                 io.Float.Input("checkpoint_every", default=DEFAULT_CHECKPOINT_SECONDS, min=0.0, max=3600.0, step=10.0,
                                optional=True,
                                tooltip="Seconds of generation between saves of the stream state next to the video "

@@ -31,9 +31,9 @@ class VideoSSMNewStream(io.ComfyNode):
                              tooltip="How many of the very first latent frames stay in view for the whole video, as an "
                                      "anchor for the look of the scene (a multiple of 3). LongLive: 3."),
                 io.Boolean.Input("global_memory", default=True,
-                                 tooltip="On: frames that scroll out of the window are remembered in a compact long-term "
-                                         "memory (VideoSSM), so the video stays consistent for minutes. Off: the model "
-                                         "only sees the window (plain LongLive)."),
+                                 tooltip="On: frames that scroll out of the window are remembered in a compact "
+                                         "long-term memory (VideoSSM), so the video stays consistent for minutes. "
+                                         "Off: the model only sees the window (plain LongLive)."),
                 io.Combo.Input("memory_update", options=["auto", "chunkwise", "recurrent", "fla"], default="auto",
                                tooltip="Which code updates the long-term memory. All give the same video; only speed "
                                        "differs. Leave on auto (the fastest available). chunkwise: fast on any "
@@ -46,8 +46,9 @@ class VideoSSMNewStream(io.ComfyNode):
                                tooltip="unbounded: videos of any length (hours). absolute: exactly as the models were "
                                        "trained, but stops after about 256 s."),
                 io.Float.Input("guidance", default=1.0, min=1.0, max=20.0, step=0.1,
-                               tooltip="How strongly to follow the prompt (and avoid the negative prompt). 1 = off, the "
-                                       "right value for fast 4-step models such as LongLive; higher doubles the work."),
+                               tooltip="How strongly to follow the prompt (and avoid the negative prompt). 1 = "
+                                       "off, the right value for fast 4-step models such as LongLive; higher "
+                                       "doubles the work."),
             ],
             outputs=[VideoSSMState.Output(display_name="state")],
         )
