@@ -38,6 +38,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -132,15 +133,16 @@ def text_conditioning(config):
 
 
 def run_stream(model, vae, memory: bool, setup: Setup, warmup: int, chunks: int, max_seconds: float,
-               label: str) -> dict:
-    """One fresh stream: ``warmup`` chunks, then up to ``chunks`` measured ones (fewer only if the run passes
-    ``max_seconds``); each chunk denoised, then decoded by the streaming VAE decoder."""
+               label: str, hard_stop: float = math.inf, memory_update: str = "auto") -> dict:
+    """One fresh stream: ``warmup`` chunks, then up to ``chunks`` measured ones (fewer only if measuring passes
+    ``max_seconds`` or the clock passes ``hard_stop``); each chunk denoised, then decoded by the streaming
+    VAE decoder."""
     from videossm_core.config import StreamConfig
     from videossm_core.sampling import PromptSegment, StreamSampler
     from videossm_core.state import StreamState
 
     device = model.device
-    stream = StreamConfig(memory=memory, position_mode="unbounded")
+    stream = StreamConfig(memory=memory, position_mode="unbounded", memory_update=memory_update)
     state = StreamState.new(model.config, stream, seed=0)
     segments = [PromptSegment(0, "benchmark", text_conditioning(model.config))]
     sampler = StreamSampler(model)
@@ -148,8 +150,10 @@ def run_stream(model, vae, memory: bool, setup: Setup, warmup: int, chunks: int,
     reset_peak(device)
     denoise, decode, first = [], [], None
     sync(device)
-    start = time.perf_counter()
+    start = None
     for i in range(warmup + chunks):
+        if i == warmup:
+            start = time.perf_counter()
         sync(device)
         t0 = time.perf_counter()
         out = sampler.generate_chunk_inplace(state, segments, setup.latent_hw)
@@ -168,8 +172,13 @@ def run_stream(model, vae, memory: bool, setup: Setup, warmup: int, chunks: int,
             if len(denoise) % 10 == 0:
                 log(f"{label}: {len(denoise)}/{chunks} measured chunks, last {(t2 - t0) * 1e3:.0f} ms")
             if time.perf_counter() - start > max_seconds:
-                log(f"{label}: stopping after {len(denoise)} measured chunks (the run passed {max_seconds:.0f} s)")
+                log(f"{label}: stopping after {len(denoise)} measured chunks (measuring passed {max_seconds:.0f} s)")
                 break
+        if time.perf_counter() > hard_stop:
+            log(f"{label}: stopping after {len(denoise)} measured chunks (the benchmark's time budget is spent)")
+            break
+    if not denoise:
+        return {"label": label, "skipped": f"stopped in the warm-up (chunk {i + 1}): the time budget is spent"}
     with_decode = [a + b for a, b in zip(denoise, decode)]
     row = {
         "label": label, "memory": memory, "chunks": len(denoise), "warmup": warmup,
@@ -185,7 +194,7 @@ def run_stream(model, vae, memory: bool, setup: Setup, warmup: int, chunks: int,
     return row
 
 
-def bf16_vs_fp32(model, setup: Setup, chunks: int) -> list[float]:
+def bf16_vs_fp32(model, setup: Setup, chunks: int, memory_update: str = "auto") -> list[float]:
     """Relative L2 deviation of each of the first ``chunks`` chunks' latents (hybrid stream) between the
     model and a float32 copy of the same weights."""
     import torch
@@ -195,7 +204,8 @@ def bf16_vs_fp32(model, setup: Setup, chunks: int) -> list[float]:
     from videossm_core.state import StreamState
 
     def latents(m):
-        state = StreamState.new(m.config, StreamConfig(memory=True, position_mode="unbounded"), seed=0)
+        stream = StreamConfig(memory=True, position_mode="unbounded", memory_update=memory_update)
+        state = StreamState.new(m.config, stream, seed=0)
         segments = [PromptSegment(0, "benchmark", text_conditioning(m.config))]
         return [out.latents.float().cpu()
                 for out in StreamSampler(m).stream_chunks_inplace(state, segments, chunks, setup.latent_hw)]
@@ -260,7 +270,12 @@ def write_benchmark(model, tokens: int, reps: int) -> dict:
     result["state_max_abs"] = truth.abs().max().item()
     result["chunkwise_vs_fp64_max_abs"] = (ours.double() - truth).abs().max().item()
     if device.type == "cuda" and delta_rule.fla_available():
-        result["fla_ms"], theirs = timed(fla)
+        try:
+            result["fla_ms"], theirs = timed(fla)
+        except Exception as err:  # noqa: BLE001 - report it beside the chunkwise figures
+            traceback.print_exc()
+            result["fla_ms"], result["fla_missing"] = None, f"FAILED: {type(err).__name__}: {err}"[:300]
+            return result
         result["fla_vs_fp64_max_abs"] = (theirs.double() - truth).abs().max().item()
         result["chunkwise_vs_fla_max_abs"] = (ours - theirs).abs().max().item()
     else:
@@ -323,8 +338,8 @@ def print_table(report: dict) -> None:
             line += (f" (vs the fp64 token loop {w['chunkwise_vs_fp64_max_abs']:.2e}, max |state| "
                      f"{w['state_max_abs']:.2e}); fla not run: {w['fla_missing']}")
         print(line)
-        print(f"  per chunk that is {w['layers']} writes (one per block); memory_update 'auto' runs "
-              f"'{w['auto_resolves_to']}' here")
+        print(f"  per chunk that is {w['layers']} writes (one per block); the streams ran memory_update "
+              f"'{s['memory_update']}' ('auto' runs '{w['auto_resolves_to']}' here)")
     for note in report.get("notes", []):
         print(f"note: {note}")
 
@@ -338,13 +353,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", type=int, help="measured chunks per run (default 40; --tiny 3)")
     parser.add_argument("--warmup", type=int, default=5,
                         help="chunks before measuring (default 5: the window is full from chunk 4 on)")
-    parser.add_argument("--max-seconds-per-run", type=float, default=75.0,
+    parser.add_argument("--max-seconds-per-run", type=float, default=90.0,
                         help="stop measuring a run after this long (it then reports fewer chunks)")
-    parser.add_argument("--deadline", type=float, default=420.0,
-                        help="skip what is left (say so in the table) once the benchmark has run this long")
+    parser.add_argument("--budget", type=float, default=470.0,
+                        help="seconds for the whole benchmark: runs stop at it and later ones are skipped "
+                             "(the table says so); the default fits 8 minutes")
     parser.add_argument("--deviation-chunks", type=int, default=5, help="chunks compared in bf16 and fp32")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled runs")
     parser.add_argument("--compile-backend", help="torch.compile backend for the compiled runs (default: inductor)")
+    parser.add_argument("--memory-update", default="auto", choices=["auto", "chunkwise", "fla", "recurrent"],
+                        help="StreamConfig.memory_update of the streams (default auto: fla on CUDA when it imports)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     args = parser.parse_args(argv)
 
@@ -358,7 +376,18 @@ def main(argv: list[str] | None = None) -> int:
     chunks = args.chunks if args.chunks is not None else (3 if args.tiny else 40)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[setup.dtype_name]
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (the deviation's reference); bf16 is unaffected
+    # fp32 means fp32 (the deviation's reference, the write comparison); bf16 work is unaffected
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        return run_benchmark(args, setup, chunks, device, dtype)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def run_benchmark(args, setup: Setup, chunks: int, device, dtype) -> int:
+    import torch
+
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
     log(f"device {device_name}, torch {torch.__version__}; building {setup.preset} in {setup.dtype_name} on {device}")
 
@@ -380,32 +409,48 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"preset": setup.preset, "dtype": setup.dtype_name, "latent_hw": list(setup.latent_hw),
                   "height": setup.latent_hw[0] * stride, "width": setup.latent_hw[1] * stride,
                   "tokens_per_frame": tokens, "vae": setup.vae, "vae_dtype": str(vae_dtype).replace("torch.", ""),
-                  "chunks": chunks, "warmup": args.warmup},
+                  "chunks": chunks, "warmup": args.warmup, "memory_update": args.memory_update},
         "rows": [],
     }
 
-    def past_deadline() -> bool:
-        return time.perf_counter() - T0 > args.deadline
+    hard_stop = T0 + args.budget
+
+    def past_deadline() -> bool:  # too late to start another run
+        return time.perf_counter() > hard_stop - 30
+
+    skipped = f"skipped: the {args.budget:.0f} s budget is (nearly) spent"
 
     def run(memory: bool, kind: str) -> None:
         label = f"{'hybrid' if memory else 'window-only'} {kind}"
         if past_deadline():
-            report["rows"].append({"label": label, "skipped": f"skipped: past the {args.deadline:.0f} s deadline"})
+            report["rows"].append({"label": label, "skipped": skipped})
             return
         log(f"{label}: {args.warmup} warm-up + {chunks} chunks")
-        report["rows"].append(run_stream(model, vae, memory, setup, args.warmup, chunks,
-                                         args.max_seconds_per_run, label))
+        try:
+            report["rows"].append(run_stream(model, vae, memory, setup, args.warmup, chunks,
+                                             args.max_seconds_per_run, label, hard_stop, args.memory_update))
+        except Exception as err:  # noqa: BLE001 - one failing run must not cost the others' figures
+            traceback.print_exc()
+            report["rows"].append({"label": label, "skipped": f"FAILED: {type(err).__name__}: {err}"[:300]})
 
     run(False, "eager")
     run(True, "eager")
 
     if past_deadline():
-        report["notes"].append("bf16 vs fp32 skipped: past the deadline")
+        report["notes"].append(f"bf16 vs fp32 {skipped}")
     elif dtype != torch.float32:
         log(f"bf16 vs fp32 on the first {args.deviation_chunks} chunks")
-        report["bf16_vs_fp32"] = bf16_vs_fp32(model, setup, args.deviation_chunks)
+        try:
+            report["bf16_vs_fp32"] = bf16_vs_fp32(model, setup, args.deviation_chunks, args.memory_update)
+        except Exception as err:  # noqa: BLE001
+            traceback.print_exc()
+            report["notes"].append(f"bf16 vs fp32 FAILED: {type(err).__name__}: {err}"[:300])
     log("memory write: chunkwise vs fla")
-    report["write"] = write_benchmark(model, tokens, reps=20 if not args.tiny else 3)
+    try:
+        report["write"] = write_benchmark(model, tokens, reps=20 if not args.tiny else 3)
+    except Exception as err:  # noqa: BLE001
+        traceback.print_exc()
+        report["notes"].append(f"memory write benchmark FAILED: {type(err).__name__}: {err}"[:300])
 
     compile_streaming = getattr(model, "compile_streaming", None)
     if args.no_compile or compile_streaming is None:
@@ -415,15 +460,21 @@ def main(argv: list[str] | None = None) -> int:
             report["rows"].append({"label": f"{'hybrid' if memory else 'window-only'} compiled", "skipped": why})
     elif past_deadline():
         for memory in (False, True):
-            report["rows"].append({"label": f"{'hybrid' if memory else 'window-only'} compiled",
-                                   "skipped": f"skipped: past the {args.deadline:.0f} s deadline"})
+            report["rows"].append({"label": f"{'hybrid' if memory else 'window-only'} compiled", "skipped": skipped})
     else:
         options = {} if args.compile_backend is None else {"backend": args.compile_backend}
         log(f"compile_streaming({', '.join(f'{k}={v!r}' for k, v in options.items())})")
-        compile_streaming(**options)
         report["setup"]["compile_options"] = options
-        run(False, "compiled")
-        run(True, "compiled")
+        try:
+            compile_streaming(**options)
+        except Exception as err:  # noqa: BLE001
+            traceback.print_exc()
+            for memory in (False, True):
+                report["rows"].append({"label": f"{'hybrid' if memory else 'window-only'} compiled",
+                                       "skipped": f"compile_streaming() FAILED: {type(err).__name__}: {err}"[:300]})
+        else:
+            run(False, "compiled")
+            run(True, "compiled")
         try:
             from torch._dynamo.utils import counters
 

@@ -16,6 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
+
 class VideoWriteError(OSError):
     pass
 

@@ -3,7 +3,6 @@ traceback, and nothing written (table-driven; every case fails before any video 
 before a model is loaded)."""
 
 import json
-import math
 import os
 
 import pytest

@@ -201,6 +201,8 @@ def test_memory_write_auto_on_cpu_is_the_chunkwise_write():
 
 def test_auto_resolution_compiles_without_a_graph_break():
     """The import probe is a constant to torch.compile (no import is traced inside a compiled block)."""
+    probe = torch.compile(lambda x: x + 1 if delta_rule.fla_available() else x - 1, fullgraph=True, backend="eager")
+    assert probe(torch.zeros(1)).item() == (1.0 if delta_rule.fla_available() else -1.0)
     memory = HybridMemory(16, 2, MemoryConfig())
     state, k, v, g, beta = _inputs(B=1, T=20, H=2, K=8, V=8)
     compiled = torch.compile(memory.write, fullgraph=True, backend="eager")

@@ -80,3 +80,28 @@ def test_memory_out_gate_runs_in_the_compute_dtype():
     StreamSampler(model).generate_chunk_inplace(state, [PromptSegment(0, "a", text(0))], (4, 4))
     assert seen and set(seen) == {torch.bfloat16}
     assert state.branches["cond"].layers[0].g.dtype == torch.float32
+
+
+def test_a_compiled_model_keeps_compiling_new_stream_variants():
+    """Window sizes, memory on/off, guidance and a re-cache each need their own graph of the streaming
+    block; past dynamo's default limit of 8 the rest of the process would silently run eager."""
+    from torch._dynamo.utils import counters
+
+    from videossm_core.model import transformer
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = make_tiny_model(active_memory=True)
+    # compile_streaming's graph, with dynamo's eager backend: the variants, not the kernels, are under test
+    model._compiled_stream_block = torch.compile(transformer.stream_block, backend="eager")
+    try:
+        for memory in (True, False):
+            for window in (12, 9, 6):
+                guidance = 2.0 if window == 9 else 1.0
+                state = StreamState.new(model.config, StreamConfig(chunk_frames=3, sink_frames=3, window_frames=window,
+                                                                   memory=memory), SamplingConfig(guidance_scale=guidance))
+                segments = [PromptSegment(0, "a", text(0), text(5)), PromptSegment(5, "b", text(1), text(5))]
+                list(StreamSampler(model).stream_chunks_inplace(state, segments, 8, (4, 4)))
+        assert counters["stats"]["unique_graphs"] > 8  # all compiled, none dropped at the limit
+    finally:
+        torch._dynamo.reset()

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from videossm_core.video_io import (Mp4Writer, VideoFileError, VideoWriteError, copy_mp4_prefix, mp4_frames,
-                                    read_video, trim_mp4, video_info)
+from videossm_core.video_io import (Mp4Writer, VideoFileError, copy_mp4_prefix, mp4_frames, read_video, trim_mp4,
+                                    video_info)
 
-from .small_disk import REPO, run_on_small_disk
+from .small_disk import run_on_small_disk
 
 
 def frames(n, start=0, size=32):

@@ -266,10 +266,15 @@ def fla_gated_delta_write(state: Tensor | None, k: Tensor, v: Tensor, g: Tensor,
     if k.device.type != "cuda":
         raise RuntimeError(f"memory_update='fla' runs Triton kernels that need a CUDA GPU, but the memory is on "
                            f"{k.device}; use 'auto' or 'chunkwise' here ({FLA_INSTALL_HINT} on a CUDA machine)")
+    return _fla_write_outside_graphs(state, k, v, g, beta)
+
+
+# fla's kernel is a third-party Triton autograd.Function: torch.compile runs it as it is (a graph break).
+@torch.compiler.disable
+def _fla_write_outside_graphs(state: Tensor | None, k: Tensor, v: Tensor, g: Tensor, beta: Tensor) -> Tensor:
     return _fla_write(_fla_kernel(), state, k, v, g, beta)
 
 
-@torch.compiler.disable  # a third-party Triton autograd.Function: run it as it is, outside any graph
 def _fla_write(kernel: Callable, state: Tensor | None, k: Tensor, v: Tensor, g: Tensor, beta: Tensor) -> Tensor:
     """The argument mapping onto fla's ``chunk_gated_delta_rule`` (``kernel``), shared with the tests, which
     pass fla's pure-PyTorch reference in its place to check the mapping without a GPU.

@@ -13,6 +13,7 @@ Two ways to run it:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -93,7 +94,7 @@ class SelfAttention(_Projections):
         return self.o(out.flatten(-2))
 
     def forward_stream(self, x: Tensor, cache: LayerCache, plan: CachePlan, memory_on: bool,
-                       gamma_per_token: Tensor | None, memory_update: str = "chunkwise") -> Tensor:
+                       gamma_per_token: Tensor | None, memory_update: str = "auto") -> Tensor:
         """One streaming call: evict to memory, store this call's K/V (and gates), attend, read memory.
 
         Cached K/V are stored detached (gradients stop at the chunk boundary, as in Self-Forcing);
@@ -186,6 +187,15 @@ class WanBlock(nn.Module):
         x = x + self.cross_attn(self.norm3(x).to(dtype), *text_kv).float()
         h = self.norm2(x) * (1 + scale_f) + shift_f
         return x + self.ffn(h.to(dtype)).float() * gate_f
+
+
+def _recompile_room():
+    """Room for every compiled variant of the streaming block, for this call only. A stream compiles
+    one graph per cache situation (window filling, evicting, memory on or off, a re-cache...), and
+    past dynamo's default of 8 it would silently fall back to eager for the rest of the process."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    return config.patch(**{name: 64})
 
 
 def stream_block(block: WanBlock, tokens: Tensor, e0: Tensor, tokens_per_frame: int, cache: LayerCache,
@@ -363,12 +373,13 @@ class CausalWanModel(nn.Module):
         tokens = self._patchify(x)
         query_frames = plan.query_frames
         step = self._compiled_stream_block or stream_block
-        for block, layer in zip(self.blocks, branch.layers):
-            gamma = None  # the router weight per query token, [N]
-            if memory_on:
-                gamma = block.self_attn.memory.router(query_frames, stream.router_horizon_frames).repeat_interleave(h * w)
-
-            tokens = step(block, tokens, e0, h * w, layer, plan, memory_on, gamma, stream.memory_update)
+        with _recompile_room() if self._compiled_stream_block else contextlib.nullcontext():
+            for block, layer in zip(self.blocks, branch.layers):
+                gamma = None  # the router weight per query token, [N]
+                if memory_on:
+                    gamma = block.self_attn.memory.router(query_frames, stream.router_horizon_frames)
+                    gamma = gamma.repeat_interleave(h * w)
+                tokens = step(block, tokens, e0, h * w, layer, plan, memory_on, gamma, stream.memory_update)
         return self._unpatchify(self.head(tokens, e, h * w), grid), new_next
 
     def compile_streaming(self, **compile_options) -> None:
