@@ -48,16 +48,22 @@ class VideoSSMModelLoader(io.ComfyNode):
                         "memory, or the small demo model that ships with the suite.",
             inputs=[
                 io.Combo.Input("checkpoint", options=[DEMO_CHOICE] + folder_paths.get_filename_list("diffusion_models"),
-                               tooltip="From models/diffusion_models. The demo runs on a CPU in minutes."),
+                               tooltip="The video model, from models/diffusion_models (.safetensors or .pt, e.g. "
+                                       "LongLive's longlive_base.pt). The bundled demo runs on a CPU in minutes."),
                 io.Combo.Input("memory_file", options=["none"] + folder_paths.get_filename_list(MEMORY_FOLDER),
                                tooltip="A VideoSSM memory file (models/videossm) applied on top of the checkpoint. "
                                        "Without one the memory starts fresh and the model behaves like its base."),
                 io.Combo.Input("lora", options=["none"] + folder_paths.get_filename_list("loras"),
-                               tooltip="e.g. LongLive's lora.pt, merged into the weights at load"),
-                io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05),
+                               tooltip="A LoRA from models/loras (e.g. LongLive's lora.pt), merged into the "
+                                       "weights when loading."),
+                io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05,
+                               tooltip="How strongly the LoRA changes the model: 1 = as trained, 0 = not at all."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
-                               tooltip="auto: bf16 on a GPU, fp32 on the CPU"),
-                io.Combo.Input("device", options=["auto", "cpu"], default="auto"),
+                               tooltip="Number precision of the weights. auto: bf16 on a GPU (half the memory), "
+                                       "fp32 on the CPU."),
+                io.Combo.Input("device", options=["auto", "cpu"], default="auto",
+                               tooltip="auto: the GPU ComfyUI uses (the CPU if there is none); cpu: always the CPU "
+                                       "(slow for real models)."),
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="Compile the model with torch.compile for faster chunks on a GPU. The "
                                          "first chunks of a run take longer while it compiles."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import comfy.model_management
@@ -14,7 +15,7 @@ from comfy_api.latest import io, ui
 from PIL import Image
 
 from ..videossm_core.generate import DEFAULT_CHECKPOINT_SECONDS, generate_video, prefill_from_frames, stream_video_frames
-from ..videossm_core.schedule import ScheduleError
+from ..videossm_core.schedule import ScheduleError, format_time
 from ..videossm_core.vae import vae_from_state_dict
 from ..videossm_core.video_io import VideoFileError, copy_mp4_prefix
 from ._files import OUTPUT_TAG, STATE_FOLDER, _inside, check_relative_name, output_path
@@ -81,17 +82,28 @@ class VideoSSMSampler(io.ComfyNode):
                         "timeline. Each chunk is decoded and appended to an mp4 in output/, and the stream state is "
                         "checkpointed next to it, so Cancel keeps everything made so far and the state continues it.",
             inputs=[
-                VideoSSMModel.Input("model"),
-                VideoSSMState.Input("state"),
-                VideoSSMSchedule.Input("schedule"),
+                VideoSSMModel.Input("model", tooltip="The video model, from VideoSSM Model Loader."),
+                VideoSSMState.Input("state", tooltip="Where the video starts: VideoSSM New Stream, or a saved "
+                                                     "stream to continue (VideoSSM Load State)."),
+                VideoSSMSchedule.Input("schedule", tooltip="The prompts over time, from VideoSSM Prompt Schedule."),
                 io.Float.Input("seconds", default=60.0, min=0.5, max=36000.0, step=0.5,
-                               tooltip="length of the video this run adds"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Int.Input("steps", default=4, min=1, max=50, tooltip="denoising steps per chunk (few-step models: 4)"),
-                io.Int.Input("width", default=832, min=16, max=4096, step=16),
-                io.Int.Input("height", default=480, min=16, max=4096, step=16),
-                io.String.Input("filename_prefix", default="videossm/stream"),
-                io.Vae.Input("vae", optional=True, tooltip="Wan2.1 VAE from VAELoader; the demo model brings its own"),
+                               tooltip="The video's length (what this run adds to the stream). The prompt "
+                                       "timeline follows it; prompts after the end are skipped."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="The random seed: the same seed and settings give the same video."),
+                io.Int.Input("steps", default=4, min=1, max=50,
+                             tooltip="Denoising steps per chunk: more is slower. Fast models such as LongLive are "
+                                     "made for 4."),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16,
+                             tooltip="Video width in pixels. Wan 1.3B models are trained at 832x480."),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16,
+                             tooltip="Video height in pixels. Wan 1.3B models are trained at 832x480."),
+                io.String.Input("filename_prefix", default="videossm/stream",
+                                tooltip="Where in ComfyUI's output folder the mp4 (and its stream state) go; a "
+                                        "number is added."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="Turns the generated latents into pixels: the Wan2.1 VAE from Load VAE. The "
+                                     "demo model brings its own."),
                 io.Float.Input("checkpoint_every", default=DEFAULT_CHECKPOINT_SECONDS, min=0.0, max=3600.0, step=10.0,
                                optional=True,
                                tooltip="Seconds of generation between saves of the stream state next to the video "
@@ -141,9 +153,18 @@ class VideoSSMSampler(io.ComfyNode):
                 return schedule.conditioning[prompt]
             return torch.zeros_like(next(iter(schedule.conditioning.values())))  # empty negative prompt
 
+        # the sampler owns the length: prompts the video never reaches are skipped, not an error
+        timeline = schedule.schedule
+        late = timeline.late_entries(seconds, continuing=run_state.next_frame > 0)
+        warnings = [f"line {e.line}: the prompt at {format_time(e.time)} ({e.prompt[:40]!r}) starts after the "
+                    f"video ends ({seconds:g} s) and is skipped; lengthen 'seconds' or use Fit on the timeline"
+                    for e in late]
+        for warning in warnings:
+            logging.warning("VideoSSM sampler: %s", warning)
+        timeline = timeline.without(late)
         appended = run_state.next_frame > 0 and continue_stream_video(run_state, video_path)
         # a generator: its checks (e.g. the schedule against the length) run at the first chunk, in the loop
-        events = generate_video(model.model, wan_vae, encode, schedule.schedule, seconds, width, height,
+        events = generate_video(model.model, wan_vae, encode, timeline, seconds, width, height,
                                 video_path=video_path, state=run_state, seed=seed, state_path=state_path,
                                 checkpoint_seconds=checkpoint_every, fps=model.fps, copy_state=False,
                                 append_video=appended)
@@ -176,7 +197,10 @@ class VideoSSMSampler(io.ComfyNode):
         latent = {"samples": wan_vae.denormalize(recent.to(wan_vae.device)).float().cpu()}
         frames = torch.from_numpy(last.frames).float() / 255.0
         saved = ui.SavedResult(filename, subfolder, io.FolderType.output)
-        return io.NodeOutput(out_state, latent, VideoFromFile(video_path), frames, ui=ui.PreviewVideo([saved]))
+        shown = ui.PreviewVideo([saved]).as_dict()
+        if warnings:
+            shown["text"] = ["\n".join(f"warning: {w}" for w in warnings)]
+        return io.NodeOutput(out_state, latent, VideoFromFile(video_path), frames, ui=shown)
 
 
 class VideoSSMContinueFromClip(io.ComfyNode):
@@ -189,11 +213,12 @@ class VideoSSMContinueFromClip(io.ComfyNode):
             description="Starts a stream from existing frames (a clip, or one image): they are VAE-encoded and fed "
                         "into the window and memory, so the sampler continues the clip. Uses the last 12m-3 frames.",
             inputs=[
-                VideoSSMModel.Input("model"),
-                VideoSSMState.Input("state", tooltip="a new stream (VideoSSM New Stream)"),
-                io.Image.Input("images", tooltip="the clip's frames (at least 9; a single image is repeated)"),
-                VideoSSMSchedule.Input("schedule", tooltip="its first prompt describes the clip"),
-                io.Vae.Input("vae", optional=True),
+                VideoSSMModel.Input("model", tooltip="The video model, from VideoSSM Model Loader."),
+                VideoSSMState.Input("state", tooltip="A new stream (VideoSSM New Stream)."),
+                io.Image.Input("images", tooltip="The clip's frames (at least 9; a single image is repeated)."),
+                VideoSSMSchedule.Input("schedule", tooltip="Its first prompt should describe the clip."),
+                io.Vae.Input("vae", optional=True, tooltip="The Wan2.1 VAE from Load VAE; the demo model "
+                                                          "brings its own."),
             ],
             outputs=[VideoSSMState.Output(display_name="state")],
         )

@@ -23,26 +23,32 @@ class VideoSSMNewStream(io.ComfyNode):
             description="A fresh stream state: the local window (sink + recent frames), the global memory and "
                         "how positions are counted. All lengths are latent frames (1 latent frame = 4 video frames).",
             inputs=[
-                VideoSSMModel.Input("model"),
+                VideoSSMModel.Input("model", tooltip="The video model, from VideoSSM Model Loader."),
                 io.Int.Input("window_frames", default=12, min=2, max=64,
-                             tooltip="latent frames held in the attention window, sink included (LongLive: 12)"),
+                             tooltip="How much recent video the model looks at directly, in latent frames (1 = 4 video "
+                                     "frames; the anchor frames included). More = steadier but slower. LongLive: 12."),
                 io.Int.Input("sink_frames", default=3, min=0, max=30, step=3,
-                             tooltip="first frames kept forever as an attention sink (a multiple of the 3-frame chunk)"),
+                             tooltip="How many of the very first latent frames stay in view for the whole video, as an "
+                                     "anchor for the look of the scene (a multiple of 3). LongLive: 3."),
                 io.Boolean.Input("global_memory", default=True,
-                                 tooltip="write frames leaving the window into the gated delta-rule state (VideoSSM); "
-                                         "off = window attention only (LongLive)"),
+                                 tooltip="On: frames that scroll out of the window are remembered in a compact "
+                                         "long-term memory (VideoSSM), so the video stays consistent for minutes. "
+                                         "Off: the model only sees the window (plain LongLive)."),
                 io.Combo.Input("memory_update", options=["auto", "chunkwise", "recurrent", "fla"], default="auto",
-                               tooltip="how frames enter the memory, all with the same result: auto = fla on a CUDA "
-                                       "GPU with fla-core installed, else chunkwise; chunkwise: our WY form; "
-                                       "recurrent: the token loop (slow); fla: flash-linear-attention's kernel "
-                                       "(CUDA + pip install fla-core)"),
+                               tooltip="Which code updates the long-term memory. All give the same video; only speed "
+                                       "differs. Leave on auto (the fastest available). chunkwise: fast on any "
+                                       "device; recurrent: slow, for checking; fla: needs an NVIDIA GPU and "
+                                       "pip install fla-core."),
                 io.Float.Input("router_horizon_seconds", default=60.0, min=1.0, max=36000.0, step=1.0,
-                               tooltip="T of the position-aware router: memory weight grows towards it"),
+                               tooltip="Over how many seconds the model leans more and more on its long-term memory "
+                                       "(and less on the window). Set it near the video's length."),
                 io.Combo.Input("position_mode", options=["unbounded", "absolute"], default="unbounded",
-                               tooltip="absolute = as the checkpoints were trained, stops at ~256 s; "
-                                       "unbounded = window-relative positions, runs for hours"),
+                               tooltip="unbounded: videos of any length (hours). absolute: exactly as the models were "
+                                       "trained, but stops after about 256 s."),
                 io.Float.Input("guidance", default=1.0, min=1.0, max=20.0, step=0.1,
-                               tooltip="classifier-free guidance; 1 = off (distilled few-step models need none)"),
+                               tooltip="How strongly to follow the prompt (and avoid the negative prompt). 1 = "
+                                       "off, the right value for fast 4-step models such as LongLive; higher "
+                                       "doubles the work."),
             ],
             outputs=[VideoSSMState.Output(display_name="state")],
         )
@@ -76,8 +82,9 @@ class VideoSSMSaveState(io.ComfyNode):
             category=CATEGORY,
             description="Saves a stream state (caches, memory, decoder caches, position) to output/videossm as one "
                         "safetensors file, to continue the video later.",
-            inputs=[VideoSSMState.Input("state"),
-                    io.String.Input("filename_prefix", default="videossm/state")],
+            inputs=[VideoSSMState.Input("state", tooltip="The stream to save (e.g. the sampler's state output)."),
+                    io.String.Input("filename_prefix", default="videossm/state",
+                                    tooltip="Where in ComfyUI's output folder to save it; a number is added.")],
             outputs=[],
             is_output_node=True,
             not_idempotent=True,
@@ -108,7 +115,9 @@ class VideoSSMLoadState(io.ComfyNode):
             display_name="VideoSSM Load State",
             category=CATEGORY,
             description="Loads a stream state from input/videossm or output/videossm.",
-            inputs=[io.Combo.Input("state_file", options=state_file_choices())],
+            inputs=[io.Combo.Input("state_file", options=state_file_choices(),
+                                    tooltip="A saved stream from input/videossm, or from output/videossm "
+                                            "(marked [output]): every video the sampler makes has one next to it.")],
             outputs=[VideoSSMState.Output(display_name="state")],
         )
 
@@ -179,7 +188,7 @@ class VideoSSMInspectState(io.ComfyNode):
             category=CATEGORY,
             description="Plots the router weight, per-layer memory norms and window occupancy over the stream's "
                         "chunks, and summarises the state.",
-            inputs=[VideoSSMState.Input("state")],
+            inputs=[VideoSSMState.Input("state", tooltip="The stream to look into (e.g. the sampler's state output).")],
             outputs=[io.Image.Output(display_name="plot"), io.String.Output(display_name="summary")],
         )
 

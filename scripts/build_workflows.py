@@ -58,17 +58,16 @@ CHROMIUM_ARGS = [
 ]
 
 WAN_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
-# LongLive publishes longlive_base.pt and lora.pt under models/ of its Hugging Face repo; the links are
-# pages (the frontend de-duplicates the missing-models list by url, so the two need different ones)
-LONGLIVE_REPO = "https://huggingface.co/Efficient-Large-Model/LongLive-1.3B"
-LONGLIVE_FILES = f"{LONGLIVE_REPO}/tree/main/models"
+# LongLive publishes longlive_base.pt and lora.pt under models/ of its Hugging Face repo: direct file
+# links, which the missing-models dialog offers to download (nothing is downloaded at run time)
+LONGLIVE_FILES = "https://huggingface.co/Efficient-Large-Model/LongLive-1.3B/resolve/main/models"
 
 # properties.models per (class_type, file name in the widget): what the missing-models dialog lists.
 MODELS: dict[tuple[str, str], dict] = {
-    ("VideoSSMModelLoader", "longlive_base.safetensors"): {
-        "name": "longlive_base.safetensors", "url": LONGLIVE_REPO, "directory": "diffusion_models"},
-    ("VideoSSMModelLoader", "longlive_lora.safetensors"): {
-        "name": "longlive_lora.safetensors", "url": LONGLIVE_FILES, "directory": "loras"},
+    ("VideoSSMModelLoader", "longlive_base.pt"): {
+        "name": "longlive_base.pt", "url": f"{LONGLIVE_FILES}/longlive_base.pt", "directory": "diffusion_models"},
+    ("VideoSSMModelLoader", "lora.pt"): {
+        "name": "lora.pt", "url": f"{LONGLIVE_FILES}/lora.pt", "directory": "loras"},
     ("CLIPLoader", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"): {
         "name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
         "url": f"{WAN_REPACKAGED}/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
@@ -83,15 +82,16 @@ NOTES: dict[str, str] = {
         "## VideoSSM demo\n"
         "A 60 s, 64x64 video from a 3-prompt timeline, on the small demo model that ships with the suite "
         "(its own VAE and demo-only text encoder). Runs on a CPU.\n\n"
-        "- Drag a block's left edge on the timeline to retime a prompt (it snaps to chunks).\n"
+        "- Drag a block on the timeline to retime a prompt (it snaps to chunks).\n"
+        "- The video's length is the sampler's `seconds`: the timeline follows it; prompts after the end "
+        "are shaded and skipped, and **Fit to length** moves them inside.\n"
         "- The demo only knows its toy world: *a {colour} {shape} {motion} on a {background} background*.\n"
         "- The mp4 and the stream state go to `output/videossm/` as each chunk is made; Cancel keeps both."),
     "2 - LongLive weights - 832x480 prompt timeline to mp4": (
         "## VideoSSM with real weights\n"
-        "- `diffusion_models/longlive_base.safetensors`: LongLive (or Self-Forcing) 1.3B generator; "
-        "`loras/longlive_lora.safetensors`: LongLive's LoRA. The LongLive-1.3B repo ships them as "
-        "`models/longlive_base.pt` and `models/lora.pt`: put those in the same folders and pick them in "
-        "the loader (or convert them to safetensors under these names).\n"
+        "- `diffusion_models/longlive_base.pt` and `loras/lora.pt`: the LongLive 1.3B generator and its "
+        "LoRA, as Efficient-Large-Model/LongLive-1.3B publishes them under `models/` (the missing-models "
+        "dialog links both). A Self-Forcing generator works too.\n"
         "- `text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors` and `vae/wan_2.1_vae.safetensors` from "
         "Comfy-Org/Wan_2.1_ComfyUI_repackaged.\n\n"
         "The sampler streams the video to `output/videossm/` chunk by chunk (constant memory); Save Video "
@@ -104,6 +104,10 @@ NOTES: dict[str, str] = {
         "seamlessly with the new prompt; schedule times count from where the stream stopped."),
 }
 
+# nodes whose content needs more than their default size: the plot preview shows the 768x480 plot
+# readably; Inspect / Save State leave room for the summary text they show after a run
+MIN_SIZES = {"PreviewImage": [420, 330], "VideoSSMInspectState": [360, 120], "VideoSSMSaveState": [360, 120]}
+
 # no minimap or canvas statistics over the graph in the thumbnails
 UI_SETTINGS = {"Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False}
 
@@ -112,7 +116,7 @@ BOOTED_JS = """() => !!(window.app && window.app.graph && window.LiteGraph
     && (window.app.graph.nodes || window.app.graph._nodes || []).length > 0
     && (window.app.extensions || []).some(e => e.name === 'videossm.timeline'))"""
 
-BUILD_JS = """async ({api, name, models, note}) => {
+BUILD_JS = """async ({api, name, models, note, minSizes}) => {
   app.loadApiJson(api, name);
   await new Promise(r => setTimeout(r, 300));
   const g = app.graph;
@@ -123,8 +127,8 @@ BUILD_JS = """async ({api, name, models, note}) => {
     const values = (node.widgets ?? []).map(w => w.value);
     const found = models.filter(m => m.type === node.type && values.includes(m.model.name)).map(m => m.model);
     if (found.length) node.properties.models = found;
-    const size = node.computeSize();
-    node.setSize([Math.max(node.size[0], size[0]), Math.max(node.size[1], size[1])]);
+    const size = node.computeSize(), min = minSizes[node.type] ?? [0, 0];
+    node.setSize([Math.max(node.size[0], size[0], min[0]), Math.max(node.size[1], size[1], min[1])]);
   }
   g.arrange(60);
   if (note) {
@@ -281,7 +285,8 @@ def build(names: list[str] | None = None, log=print) -> dict[str, tuple[bytes, b
             page.wait_for_function(BOOTED_JS, timeout=120_000)
             for name, api in sources.items():
                 log(f"building {name!r}")
-                page.evaluate(BUILD_JS, {"api": api, "name": name, "models": models, "note": NOTES.get(name, "")})
+                page.evaluate(BUILD_JS, {"api": api, "name": name, "models": models, "note": NOTES.get(name, ""),
+                                         "minSizes": MIN_SIZES})
                 diff = prompt_differences(page.evaluate(PROMPT_JS), api)
                 if diff:
                     raise SystemExit(f"{name}: the UI graph does not round-trip to its API source:\n  "

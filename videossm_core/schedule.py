@@ -15,6 +15,7 @@ Prompts can only change at chunk boundaries: chunk 0 covers video frames 0-8 and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -146,6 +147,17 @@ class PromptSchedule:
     def to_json(self) -> str:
         return json.dumps({"fps": self.fps, "prompts": [{"time": format_time(e.time), "prompt": e.prompt}
                                                         for e in self.entries]})
+
+    def late_entries(self, seconds: float, continuing: bool = False) -> list[ScheduleEntry]:
+        """The entries that would start after a video of ``seconds`` ends (never the first one)."""
+        last_chunk = chunks_for_duration(seconds, self.fps, self.chunk_frames, continuing) - 1
+        return [e for i, (e, (chunk, _)) in enumerate(zip(self.entries, self.segment_starts(continuing)))
+                if i > 0 and chunk > last_chunk]
+
+    def without(self, entries: list[ScheduleEntry]) -> "PromptSchedule":
+        """This schedule less ``entries`` (e.g. ``late_entries``: a video shorter than the timeline)."""
+        drop = {id(e) for e in entries}
+        return dataclasses.replace(self, entries=tuple(e for e in self.entries if id(e) not in drop))
 
     def check_duration(self, seconds: float, continuing: bool = False) -> None:
         """Raise ScheduleError if a prompt starts after a video of ``seconds`` ends."""

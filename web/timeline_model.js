@@ -60,6 +60,20 @@ export function snapToChunk(seconds, { fps = DEFAULT_FPS } = {}) {
   return chunkStartSeconds(chunkIndexAt(seconds, fps), fps);
 }
 
+/**
+ * A clean time (seconds) for chunk k: the shortest decimal (whole seconds, then 1 or 2 decimals)
+ * that still snaps to chunk k and lies within a quarter chunk of its exact start, so the schedule
+ * text reads "12s" instead of "11.8125s" (both snap to the same chunk here and in schedule.py).
+ */
+export function cleanChunkTime(k, fps = DEFAULT_FPS) {
+  const exact = chunkStartSeconds(k, fps);
+  for (const scale of [1, 10, 100]) {
+    const t = Math.round(exact * scale) / scale;
+    if (chunkIndexAt(t, fps) === k && Math.abs(t - exact) * fps <= CHUNK_FRAMES / 4 + EPS) return t;
+  }
+  return exact;
+}
+
 /** Number of chunks needed to cover `durationSeconds` (at least 1). */
 export function chunkCount(durationSeconds, { fps = DEFAULT_FPS } = {}) {
   const frames = Math.max(0, durationSeconds) * fps;
@@ -259,7 +273,7 @@ export function moveBoundary(entries, index, newTime, { fps = DEFAULT_FPS, durat
   const hi = index + 1 < out.length ? chunkIndexAt(out[index + 1].time, fps) - 1 : lastChunk(duration, fps);
   if (lo > hi) return out;
   const k = Math.min(hi, Math.max(lo, chunkIndexAt(newTime, fps)));
-  out[index].time = chunkStartSeconds(k, fps);
+  out[index].time = cleanChunkTime(k, fps);
   return out;
 }
 
@@ -282,8 +296,8 @@ export function addPrompt(entries, time, prompt, { fps = DEFAULT_FPS, duration =
     while (k >= 0 && used.has(k)) k -= 1;
     if (k < 0) return out;
   }
-  const t = chunkStartSeconds(k, fps);
-  const at = out.findIndex((e) => e.time > t);
+  const t = cleanChunkTime(k, fps);
+  const at = out.findIndex((e) => chunkIndexAt(e.time, fps) > k);
   out.splice(at < 0 ? out.length : at, 0, { time: t, prompt: text });
   return out;
 }
@@ -318,6 +332,75 @@ export function suggestAddTime(entries, duration, { fps = DEFAULT_FPS } = {}) {
   return snapToChunk(best.mid, { fps });
 }
 
+/** Indices of the entries that start after a video of `duration` seconds ends (never entry 0):
+ * the sampler skips them, the lane shows them past the end. */
+export function lateIndices(entries, duration, { fps = DEFAULT_FPS } = {}) {
+  const last = lastChunk(duration, fps);
+  return entries.map((e, i) => i).filter((i) => i > 0 && chunkIndexAt(entries[i].time, fps) > last);
+}
+
+/** The lane's length: the video's duration, stretched past the end to show every late prompt
+ * with one chunk of room, so no prompt is ever drawn outside the lane. */
+export function laneLength(entries, duration, { fps = DEFAULT_FPS } = {}) {
+  const d = duration > 0 ? duration : 0;
+  if (!entries.length) return d || 10;
+  if (d > 0 && !lateIndices(entries, d, { fps }).length) return d;
+  const k = chunkIndexAt(entries[entries.length - 1].time, fps);
+  return Math.max(d, chunkStartSeconds(k + 1, fps) + 0.25);
+}
+
+/**
+ * "Fit to length": every prompt moved inside a video of `duration` seconds, keeping their order
+ * and relative spacing (chunk positions scaled by length / lane length, at least one chunk
+ * each, clean times). Entries that already fit are returned unchanged; null when there are
+ * more prompts than chunks.
+ */
+export function fitToLength(entries, duration, { fps = DEFAULT_FPS } = {}) {
+  const out = copy(entries);
+  const chunks = chunkCount(duration, { fps });
+  if (out.length > chunks) return null;
+  if (!lateIndices(out, duration, { fps }).length) return out;
+  const ks = out.map((e) => chunkIndexAt(e.time, fps));
+  const span = ks[ks.length - 1] + 1;
+  const n = out.length;
+  for (let i = 0; i < n; i += 1) {
+    let k = Math.floor((ks[i] * chunks) / span);
+    if (i > 0) k = Math.max(k, ks[i - 1] + 1);
+    ks[i] = Math.min(k, chunks - 1 - (n - 1 - i));
+  }
+  ks[0] = 0;
+  ks.forEach((k, i) => { out[i].time = cleanChunkTime(k, fps); });
+  return out;
+}
+
+/**
+ * Colour slots by prompt identity, not position: `prev` is [{prompt, slot}] from the last render.
+ * A prompt keeps its slot when its text is unchanged (blocks added or removed elsewhere), or when
+ * the count is unchanged and the same position held it (its text is being edited); a new prompt
+ * takes the smallest free slot. Returns one slot per entry.
+ */
+export function assignColorSlots(prev, entries) {
+  const taken = new Set();
+  const slots = entries.map(() => null);
+  entries.forEach((e, i) => {
+    const j = prev.findIndex((p, pj) => !taken.has(pj) && p.prompt === e.prompt);
+    if (j >= 0) { taken.add(j); slots[i] = prev[j].slot; }
+  });
+  if (prev.length === entries.length) {
+    slots.forEach((s, i) => {
+      if (s == null && !taken.has(i)) { taken.add(i); slots[i] = prev[i].slot; }
+    });
+  }
+  const inUse = new Set(slots.filter((s) => s != null));
+  return slots.map((s) => {
+    if (s != null) return s;
+    let k = 0;
+    while (inUse.has(k)) k += 1;
+    inUse.add(k);
+    return k;
+  });
+}
+
 /** Blocks to draw: [{index, start, end, prompt}] with snapped starts, each ending where the
  * next begins (the last one at max(duration, its start)). */
 export function spans(entries, duration, { fps = DEFAULT_FPS } = {}) {
@@ -350,4 +433,29 @@ export function niceTickStep(duration, width, targetPx = 80) {
   const raw = (duration * targetPx) / width;
   for (const step of [0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600]) if (step >= raw) return step;
   return 600 * Math.ceil(raw / 600);
+}
+
+// ------------------------------------------------------------------ generation time
+
+/**
+ * Seconds per chunk measured from the completion times (ms) of one run's chunks: the median gap
+ * between consecutive chunks (the first chunk also pays for loading the model, so it is left out).
+ * null with fewer than two chunks.
+ */
+export function paceFromChunkTimes(timesMs) {
+  const gaps = [];
+  for (let i = 1; i < timesMs.length; i += 1) gaps.push((timesMs[i] - timesMs[i - 1]) / 1000);
+  if (!gaps.length) return null;
+  gaps.sort((a, b) => a - b);
+  const mid = Math.floor(gaps.length / 2);
+  return gaps.length % 2 ? gaps[mid] : (gaps[mid - 1] + gaps[mid]) / 2;
+}
+
+/** A rough duration for people: "~40 s", "~12 min", "~2 h 5 min". */
+export function formatDuration(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `~${s} s`;
+  const m = Math.round(s / 60);
+  if (m < 60) return `~${m} min`;
+  return `~${Math.floor(m / 60)} h ${m % 60} min`;
 }

@@ -5,7 +5,12 @@
 // non-serialized DOM widget that draws the schedule over the video's duration:
 //   - an axis in seconds with a tick at every chunk boundary (chunks are what the sampler
 //     generates one at a time; prompts can only change at chunk boundaries);
-//   - one block per prompt; drag a block's left edge to retime it (snaps to chunks);
+//   - one block per prompt; drag a block (its left edge or its body) to retime it (snaps to
+//     chunks, written as clean times such as "12s");
+//   - the length is the connected sampler's `seconds` (else the node's duration_seconds); prompts
+//     past it are drawn in a shaded "after the end" stretch of the lane, never lost, and "Fit"
+//     moves them all inside;
+//   - warnings from the last run (words the text encoder dropped, prompts the sampler skipped);
 //   - Add / Remove buttons, an editor for the selected prompt, and a raw-text mode;
 //   - parse errors inline; a playhead while the sampler reports `videossm.chunk` events.
 // Every edit writes `schedule = serializeSchedule(entries)` back into the STRING widget.
@@ -16,11 +21,16 @@ import {
   DEFAULT_FPS, parseSchedule, serializeSchedule, formatTime, chunkBoundariesSeconds,
   chunkCount, chunkStartSeconds, moveBoundary, addPrompt, removePrompt,
   editPrompt, suggestAddTime, spans, xToTime, niceTickStep,
+  lateIndices, laneLength, fitToLength, assignColorSlots, paceFromChunkTimes, formatDuration,
 } from "./timeline_model.js";
 
 const NODE_TYPE = "VideoSSMPromptSchedule";
 const SCHEDULE = "schedule";
 const DURATION = "duration_seconds";
+const SAMPLER_TYPE = "VideoSSMSampler";
+const SAMPLER_SECONDS = "seconds"; // the sampler owns the video's length
+const TEXT_NODES = new Set(["VideoSSMInspectState", "VideoSSMSaveState"]); // show their ui text
+const DRAG_START_PX = 4; // a body press becomes a drag after this much movement
 const FPS = "fps"; // optional widget; 16 when the node has none
 const MIN_HEIGHT = 190;
 const TEXT_MODE_HEIGHT = 230;
@@ -50,7 +60,16 @@ const CSS = `
 .vssm-tl-block.selected { border-color: #fff; box-shadow: 0 0 0 1px #fff inset; }
 .vssm-tl-block .vssm-tl-label { display: block; overflow: hidden; max-height: 100%; pointer-events: none;
   word-break: break-word; }
-.vssm-tl-handle { position: absolute; left: 0; top: 0; bottom: 0; width: 7px; cursor: ew-resize;
+.vssm-tl-block.late { opacity: .55; border-style: dashed; }
+.vssm-tl-past { position: absolute; top: 0; bottom: 0; right: 0; pointer-events: none;
+  background: repeating-linear-gradient(135deg, rgba(255,255,255,.07) 0 6px, transparent 6px 12px);
+  border-left: 2px solid #e0a040; }
+.vssm-tl-warnings { flex: 0 0 auto; color: #f0c060; max-height: 54px; overflow: auto; white-space: pre-wrap; }
+.vssm-tl-warnings:empty { display: none; }
+.vssm-text { box-sizing: border-box; width: 100%; height: 100%; resize: none; font: 11px monospace;
+  color: var(--input-text, #ddd); background: var(--comfy-input-bg, #222);
+  border: 1px solid var(--border-color, #555); border-radius: 3px; padding: 4px; }
+.vssm-tl-handle { position: absolute; left: 0; top: 0; bottom: 0; width: 12px; cursor: ew-resize;
   background: rgba(255,255,255,.35); touch-action: none; }
 .vssm-tl-playhead { position: absolute; top: 0; bottom: 0; width: 2px; background: #f44;
   pointer-events: none; display: none; }
@@ -79,7 +98,7 @@ function el(tag, className, props = {}) {
   return node;
 }
 
-const blockColor = (i) => `hsl(${(i * 67 + 200) % 360} 45% 32%)`;
+const blockColor = (slot) => `hsl(${(slot * 67 + 200) % 360} 45% 32%)`;
 const pct = (t, duration) => `${duration > 0 ? Math.min(100, Math.max(0, (t / duration) * 100)) : 0}%`;
 // keys typed into our inputs must not reach the canvas (Delete would remove the node)
 const keepKeys = (input) => ["keydown", "keyup", "keypress"].forEach((k) =>
@@ -93,6 +112,10 @@ class TimelineController {
     this.playhead = null; // seconds generated so far, or null
     this.rendered = null; // key of what is on screen
     this.drag = null;
+    this.colorSlots = []; // [{prompt, slot}] of the last render: colours follow prompts
+    this.warnings = { schedule: "", sampler: "" }; // from the last run
+    this.chunkTimes = []; // when each chunk of the current run arrived (ms)
+    this.pace = null; // seconds per chunk measured in the last run: the only honest basis for an estimate
     this.scheduleWidget = node.widgets?.find((w) => w.name === SCHEDULE);
     this.hideScheduleWidget();
     this.build();
@@ -118,7 +141,20 @@ class TimelineController {
   }
   get text() { return String(this.scheduleWidget?.value ?? ""); }
   get parsed() { return parseSchedule(this.text, { fps: this.fps }); }
+  /** The connected sampler's `seconds` widget: the video's length (the sampler owns it). */
+  get samplerSecondsWidget() {
+    const graph = this.node.graph ?? app.graph;
+    for (const linkId of this.node.outputs?.[0]?.links ?? []) {
+      const link = graph?.links?.get?.(linkId) ?? graph?.links?.[linkId];
+      const target = link && graph.getNodeById?.(link.target_id);
+      const w = target?.type === SAMPLER_TYPE && target.widgets?.find((x) => x.name === SAMPLER_SECONDS);
+      if (w && Number(w.value) > 0) return w;
+    }
+    return null;
+  }
   get duration() {
+    const s = Number(this.samplerSecondsWidget?.value);
+    if (s > 0) return s;
     const d = Number(this.durationWidget?.value);
     if (d > 0) return d;
     const entries = this.parsed.entries; // no duration widget: show a bit past the last prompt
@@ -153,8 +189,10 @@ class TimelineController {
     this.addBtn = el("button", "vssm-tl-add", { textContent: "+ Prompt", title: "Add a prompt" });
     this.removeBtn = el("button", "vssm-tl-remove", { textContent: "− Remove", title: "Remove the selected prompt" });
     this.modeBtn = el("button", "vssm-tl-mode", { textContent: "Text", title: "Edit the schedule as text" });
+    this.fitBtn = el("button", "vssm-tl-fit", { textContent: "Fit to length",
+      title: "Move every prompt inside the video's length, keeping their order and spacing" });
     this.info = el("span", "vssm-tl-info");
-    bar.append(this.addBtn, this.removeBtn, this.modeBtn, this.info);
+    bar.append(this.addBtn, this.removeBtn, this.fitBtn, this.modeBtn, this.info);
 
     this.lane = el("div", "vssm-tl-lane");
     this.axis = el("div", "vssm-tl-axis");
@@ -170,13 +208,15 @@ class TimelineController {
     this.rawInput = el("textarea", "vssm-tl-raw", { spellcheck: false });
     rawRow.append(this.rawInput);
     this.errorsEl = el("div", "vssm-tl-errors");
-    this.root.append(bar, this.lane, promptRow, rawRow, this.errorsEl);
+    this.warningsEl = el("div", "vssm-tl-warnings");
+    this.root.append(bar, this.lane, promptRow, rawRow, this.errorsEl, this.warningsEl);
 
     keepKeys(this.promptInput);
     keepKeys(this.rawInput);
     this.addBtn.addEventListener("click", () => this.onAdd());
     this.removeBtn.addEventListener("click", () => this.onRemove());
     this.modeBtn.addEventListener("click", () => this.setTextMode(!this.textMode));
+    this.fitBtn.addEventListener("click", () => this.onFit());
     this.promptInput.addEventListener("input", () => this.onPromptInput());
     this.rawInput.addEventListener("input", () => this.setText(this.rawInput.value));
     this.track.addEventListener("pointerdown", (e) => this.onPointerDown(e));
@@ -214,7 +254,8 @@ class TimelineController {
   refresh(force = false) {
     const id = String(this.node.id); // the id is only assigned after onNodeCreated (add / configure)
     if (this.root.dataset.node !== id) this.root.dataset.node = id;
-    const key = `${this.text}\u0000${this.duration}\u0000${this.fps}\u0000${this.playhead}`;
+    const key = [this.text, this.duration, this.fps, this.playhead, this.warnings.schedule,
+      this.warnings.sampler, this.pace].join("\u0000");
     if (!force && key === this.rendered) return;
     this.rendered = key;
     this.render();
@@ -223,8 +264,10 @@ class TimelineController {
   render() {
     if (this.drag) return;
     const { entries, errors } = this.parsed;
-    const duration = this.duration;
+    const length = this.duration; // the video's length
     const fps = this.fps;
+    const duration = laneLength(entries, length, { fps }); // the lane: stretched to show late prompts
+    const late = new Set(lateIndices(entries, length, { fps }));
     const ok = errors.length === 0;
     this.selected = Math.min(Math.max(0, this.selected), Math.max(0, entries.length - 1));
 
@@ -243,15 +286,22 @@ class TimelineController {
       this.axis.append(label);
     }
 
-    // blocks
+    // blocks (the last one ends at the video's end unless late prompts stretch the lane)
     this.track.replaceChildren();
-    for (const s of spans(entries, duration, { fps })) {
+    const slots = assignColorSlots(this.colorSlots, entries);
+    this.colorSlots = entries.map((e, i) => ({ prompt: e.prompt, slot: slots[i] }));
+    for (const s of spans(entries, Math.max(length, 0), { fps })) {
       const block = el("div", "vssm-tl-block");
+      const end = s.index + 1 < entries.length ? s.end : Math.max(s.end, late.has(s.index) ? duration : length);
       block.dataset.index = String(s.index);
       block.style.left = pct(s.start, duration);
-      block.style.width = `calc(${pct(s.end, duration)} - ${pct(s.start, duration)})`;
-      block.style.background = blockColor(s.index);
+      block.style.width = `calc(${pct(end, duration)} - ${pct(s.start, duration)})`;
+      block.style.background = blockColor(slots[s.index]);
       block.title = `${formatTime(entries[s.index].time)}: ${s.prompt}`; // attribute text, not HTML
+      if (late.has(s.index)) {
+        block.classList.add("late");
+        block.title += `\n(starts after the video ends at ${formatTime(length)}: skipped; drag it back or use Fit)`;
+      }
       if (s.index === this.selected) block.classList.add("selected");
       const label = el("span", "vssm-tl-label");
       label.textContent = s.prompt;
@@ -262,6 +312,12 @@ class TimelineController {
         block.append(handle);
       }
       this.track.append(block);
+    }
+
+    if (duration > length + 1e-9) {
+      const past = el("div", "vssm-tl-past", { title: "after the video ends" });
+      past.style.left = pct(length, duration);
+      this.track.append(past);
     }
 
     // playhead
@@ -281,10 +337,22 @@ class TimelineController {
     if (document.activeElement !== this.rawInput) this.rawInput.value = this.text;
     this.addBtn.disabled = !ok;
     this.removeBtn.disabled = !ok || entries.length <= 1;
-    const n = chunkCount(duration, { fps });
-    this.info.textContent = `${entries.length} prompt${entries.length === 1 ? "" : "s"} · ${formatTime(duration)} · ${n} chunk${n === 1 ? "" : "s"}`;
+    this.fitBtn.disabled = !ok || late.size === 0;
+    const n = chunkCount(length, { fps });
+    const source = this.samplerSecondsWidget ? " (sampler)" : "";
+    this.info.textContent = `${entries.length} prompt${entries.length === 1 ? "" : "s"} · ${formatTime(length)}${source} · ${n} chunk${n === 1 ? "" : "s"}`;
+    // no estimate before a run has measured this machine (model, size and steps all change it)
+    if (this.pace != null) this.info.textContent += ` · ${formatDuration(n * this.pace)} at the last run's pace`;
+    this.info.title = this.pace != null ? `${this.pace.toFixed(2)} s per chunk in the last run` : "";
     this.errorsEl.textContent = errors.map((e) => e.message).join("\n");
     if (!ok && !this.textMode) this.errorsEl.textContent += "\n(switch to Text to fix)";
+    const notes = [];
+    if (ok && late.size) {
+      notes.push(`${late.size} prompt${late.size === 1 ? " starts" : "s start"} after the video ends `
+        + `(${formatTime(length)}) and will be skipped: drag back or use Fit to length`);
+    }
+    for (const w of [this.warnings.schedule, this.warnings.sampler]) if (w) notes.push(w);
+    this.warningsEl.textContent = notes.join("\n");
   }
 
   // -------------------------------------------------------------- editing
@@ -301,6 +369,24 @@ class TimelineController {
     this.promptInput.select();
   }
 
+  onFit() {
+    const { entries, errors } = this.parsed;
+    if (errors.length) return;
+    const fit = fitToLength(entries, this.duration, { fps: this.fps });
+    if (!fit) {
+      this.warnings.sampler = "more prompts than chunks: lengthen the video or remove prompts";
+      return this.refresh(true);
+    }
+    this.commit(fit);
+  }
+
+  /** Warnings from a run: `which` is "schedule" (words dropped) or "sampler" (prompts skipped). */
+  setWarnings(which, lines) {
+    this.warnings[which] = (lines ?? []).join("\n").split("\n").filter((l) => l.startsWith("warning:"))
+      .join("\n");
+    this.refresh();
+  }
+
   onRemove() {
     const { entries, errors } = this.parsed;
     if (errors.length || entries.length <= 1) return;
@@ -315,32 +401,49 @@ class TimelineController {
     this.commit(editPrompt(entries, this.selected, this.promptInput.value));
   }
 
+  get laneSeconds() {
+    return laneLength(this.parsed.entries, this.duration, { fps: this.fps });
+  }
+
+  pointerTime(e, lane) {
+    const rect = this.track.getBoundingClientRect(); // includes canvas zoom (CSS transform)
+    return xToTime(e.clientX - rect.left, rect.width, lane);
+  }
+
   onPointerDown(e) {
     const handle = e.target.closest?.(".vssm-tl-handle");
     const block = e.target.closest?.(".vssm-tl-block");
     if (!block) return;
     e.stopPropagation();
-    this.selected = Number(block.dataset.index);
-    if (!handle) return this.refresh(true);
+    const index = Number(block.dataset.index);
+    this.selected = index;
+    const { entries, errors } = this.parsed;
+    if (index === 0 || errors.length) return this.refresh(true); // the first prompt always starts at 0
     e.preventDefault();
-    this.drag = { index: Number(handle.dataset.index), entries: this.parsed.entries, pointer: e.pointerId };
+    const lane = this.laneSeconds; // fixed for the drag, so the blocks do not slide under the pointer
+    // a handle moves the start at once; a body press becomes a drag once it moves (else a click),
+    // keeping the offset between the pointer and the block's start
+    const offset = handle ? 0 : this.pointerTime(e, lane) - entries[index].time;
+    this.drag = { index, entries, pointer: e.pointerId, lane, offset, x: e.clientX, active: !!handle };
     this.track.setPointerCapture?.(e.pointerId);
   }
 
   dragTarget(e) {
-    const rect = this.track.getBoundingClientRect(); // includes canvas zoom (CSS transform)
-    const t = xToTime(e.clientX - rect.left, rect.width, this.duration);
-    return moveBoundary(this.drag.entries, this.drag.index, t, { fps: this.fps, duration: this.duration });
+    const { entries, index, lane, offset } = this.drag;
+    const t = this.pointerTime(e, lane) - offset;
+    return moveBoundary(entries, index, t, { fps: this.fps, duration: lane });
   }
 
   onPointerMove(e) {
     if (!this.drag || e.pointerId !== this.drag.pointer) return;
     e.stopPropagation();
+    if (!this.drag.active && Math.abs(e.clientX - this.drag.x) < DRAG_START_PX) return;
+    this.drag.active = true;
     const moved = this.dragTarget(e);
     this.drag.preview = moved;
     // live preview: move the two affected blocks without re-rendering (keeps pointer capture)
     const i = this.drag.index;
-    const d = this.duration;
+    const d = this.drag.lane;
     const blocks = this.track.querySelectorAll(".vssm-tl-block");
     const start = moved[i].time;
     const next = i + 1 < moved.length ? moved[i + 1].time : Math.max(d, start);
@@ -356,14 +459,20 @@ class TimelineController {
   onPointerUp(e) {
     if (!this.drag || e.pointerId !== this.drag.pointer) return;
     e.stopPropagation();
-    const moved = this.dragTarget(e);
+    const moved = this.drag.active ? this.dragTarget(e) : null;
     this.track.releasePointerCapture?.(e.pointerId);
     this.selected = this.drag.index;
     this.drag = null;
-    this.commit(moved);
+    if (moved) this.commit(moved);
+    else this.refresh(true);
   }
 
   // -------------------------------------------------------------- progress
+  noteChunk() {
+    this.chunkTimes.push(performance.now());
+    this.pace = paceFromChunkTimes(this.chunkTimes) ?? this.pace;
+  }
+
   setPlayhead(seconds) {
     this.playhead = seconds;
     this.refresh();
@@ -403,8 +512,32 @@ function onChunkEvent(event) {
   for (const c of timelinesFor(String(d.node ?? ""))) {
     const seconds = Number.isFinite(d.seconds) ? d.seconds
       : chunkStartSeconds((d.chunk ?? 0) + 1, c.fps);
+    c.noteChunk();
     c.setPlayhead(Math.min(seconds, c.duration));
   }
+}
+
+// ------------------------------------------------------------------ text output on the node
+// Inspect / Save State return their summary as ui text; the frontend shows a node's ui text only
+// where an extension puts it, so give them a read-only box (not serialized: widgets_values stay
+// as the backend defines them).
+const TEXT_MIN_HEIGHT = 110;
+
+function showText(node, lines) {
+  let w = node.widgets?.find((x) => x.name === "videossm_text");
+  if (!w) {
+    const box = el("textarea", "vssm-text", { readOnly: true, spellcheck: false });
+    box.dataset.node = String(node.id);
+    keepKeys(box);
+    w = node.addDOMWidget("videossm_text", "videossm_text", box, {
+      serialize: false, hideOnZoom: false, getMinHeight: () => TEXT_MIN_HEIGHT });
+    w.serialize = false;
+    const size = node.computeSize?.() ?? node.size;
+    node.setSize?.([Math.max(node.size[0], 360), Math.max(node.size[1], size[1])]);
+  }
+  w.element.value = (lines ?? []).join("\n");
+  w.element.dataset.node = String(node.id);
+  node.setDirtyCanvas?.(true, true);
 }
 
 // ------------------------------------------------------------------ registration
@@ -425,12 +558,36 @@ const extension = {
 
   setup() {
     api.addEventListener("videossm.chunk", onChunkEvent);
-    // a new run starts with no playhead
-    api.addEventListener("execution_start", () => live.forEach((c) => c.setPlayhead(null)));
+    // a new run starts with no playhead and no warnings of the last one
+    api.addEventListener("execution_start", () => live.forEach((c) => {
+      c.warnings = { schedule: "", sampler: "" };
+      c.chunkTimes = [];
+      c.setPlayhead(null);
+    }));
   },
 
   beforeRegisterNodeDef(nodeType, nodeData) {
+    if (TEXT_NODES.has(nodeData?.name)) {
+      chain(nodeType.prototype, "onNodeCreated", function () {
+        // room for the summary from the start (the plot goes to a Preview Image)
+        this.setSize?.([Math.max(this.size?.[0] ?? 0, 360), this.size?.[1] ?? 0]);
+      });
+      chain(nodeType.prototype, "onExecuted", function (message) {
+        if (message?.text) showText(this, message.text);
+      });
+      return;
+    }
+    if (nodeData?.name === SAMPLER_TYPE) {
+      chain(nodeType.prototype, "onExecuted", function (message) {
+        // prompts the sampler skipped (after the video's end): shown on the timeline(s) feeding it
+        for (const c of timelinesFor(String(this.id))) c.setWarnings("sampler", message?.text ?? []);
+      });
+      return;
+    }
     if (nodeData?.name !== NODE_TYPE) return;
+    chain(nodeType.prototype, "onExecuted", function (message) {
+      this.videossmTimeline?.setWarnings("schedule", message?.text ?? []);
+    });
     chain(nodeType.prototype, "onNodeCreated", function () {
       if (!this.videossmTimeline) this.videossmTimeline = new TimelineController(this);
     });

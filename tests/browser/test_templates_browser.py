@@ -24,7 +24,7 @@ WORKFLOWS = REPO_ROOT / "workflows"
 TEMPLATES = ("1 - Demo - 60 s video from a 3-prompt timeline (CPU)",
              "2 - LongLive weights - 832x480 prompt timeline to mp4",
              "3 - Continue a saved stream with a new prompt")
-REAL_MODELS = {"diffusion_models / longlive_base.safetensors", "loras / longlive_lora.safetensors",
+REAL_MODELS = {"diffusion_models / longlive_base.pt", "loras / lora.pt",
                "text_encoders / umt5_xxl_fp8_e4m3fn_scaled.safetensors", "vae / wan_2.1_vae.safetensors"}
 
 # Record what the app's missing-nodes / missing-models dialogs are asked to show. The missing-nodes

@@ -82,3 +82,14 @@ def test_clock_times_and_a_capped_error_list():
 def test_json_fps_does_not_move_times_given_in_seconds():
     schedule = parse_schedule('{"fps": 24, "prompts": [{"time": 0, "prompt": "a"}, {"time": "12s", "prompt": "b"}]}')
     assert schedule.fps == 16 and schedule.entries[1].chunk == snap_to_chunk(12.0)  # 12 s, not 17.8 s
+
+
+def test_late_entries_are_the_prompts_a_shorter_video_never_reaches():
+    schedule = parse_schedule("0s: a\n5s: b\n20s: c\n40s: d\n")
+    late = schedule.late_entries(10.0)
+    assert [e.prompt for e in late] == ["c", "d"]
+    kept = schedule.without(late)
+    assert kept.prompts == ["a", "b"]
+    kept.check_duration(10.0)  # what is left fits
+    assert schedule.late_entries(60.0) == []
+    assert parse_schedule("0s: a\n").late_entries(0.5) == []  # the first prompt always starts

@@ -27,6 +27,9 @@ TINY_LORA = "tiny-videossm-lora.safetensors"
 TINY_T5 = "tiny-t5-base-encoder.safetensors"
 TINY_VAE = "tiny-wan21-vae.safetensors"
 VAE_AS_GENERATOR = "tiny-wan21-vae-not-a-generator.safetensors"  # a VAE put in diffusion_models
+# the same generator and LoRA in LongLive's own .pt layout (what the real-weights template names)
+TINY_LONGLIVE_BASE = "tiny-longlive_base.pt"
+TINY_LONGLIVE_LORA = "tiny-longlive-lora.pt"
 
 
 @pytest.fixture(scope="session")
@@ -37,10 +40,12 @@ def comfy_model_files(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("videossm-models")
     vae = model_files.make_wan_vae(folder / TINY_VAE)
+    generator = model_files.make_generator(folder / TINY_GENERATOR)
+    lora = model_files.make_lora(folder / TINY_LORA)
+    base_pt, lora_pt = model_files.make_longlive_pt(generator, lora, folder)
     return {
-        "diffusion_models": {TINY_GENERATOR: model_files.make_generator(folder / TINY_GENERATOR),
-                             VAE_AS_GENERATOR: vae},
-        "loras": {TINY_LORA: model_files.make_lora(folder / TINY_LORA)},
+        "diffusion_models": {TINY_GENERATOR: generator, VAE_AS_GENERATOR: vae, TINY_LONGLIVE_BASE: base_pt},
+        "loras": {TINY_LORA: lora, TINY_LONGLIVE_LORA: lora_pt},
         "text_encoders": {TINY_T5: model_files.make_t5_base(folder / TINY_T5)},
         "vae": {TINY_VAE: vae},
     }

@@ -49,6 +49,17 @@ def make_generator(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def make_longlive_pt(generator: Path, lora: Path, folder: Path) -> tuple[Path, Path]:
+    """The tiny generator and LoRA as LongLive publishes its files: torch.save'd training dicts
+    (``{"generator": {"model.<key>"}}`` like longlive_base.pt, ``{"generator_lora": {PEFT keys}}`` like lora.pt)."""
+    from safetensors.torch import load_file
+
+    base, peft = folder / "tiny-longlive_base.pt", folder / "tiny-longlive-lora.pt"
+    torch.save({"generator": {"model." + k: v for k, v in load_file(str(generator)).items()}}, base)
+    torch.save({"generator_lora": {"base_model.model." + k: v for k, v in load_file(str(lora)).items()}}, peft)
+    return base, peft
+
+
 def make_wan_vae(path: Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 

@@ -9,6 +9,7 @@ import {
   chunkIndexAt, chunkStartSeconds, chunkContaining, snapToChunk, chunkCount,
   chunkBoundariesSeconds, moveBoundary, addPrompt, removePrompt, editPrompt,
   suggestAddTime, spans, timeToX, xToTime, niceTickStep, cleanPrompt,
+  cleanChunkTime, lateIndices, laneLength, fitToLength, assignColorSlots,
 } from "../timeline_model.js";
 
 const fixtures = JSON.parse(
@@ -144,41 +145,43 @@ describe("editing", () => {
 
   test("moveBoundary snaps", () => {
     const out = moveBoundary(base, 1, 1.0);               // 16 frames -> boundary 21 (chunk 2)
-    assert.deepEqual(times(out), [0, chunkStartSeconds(2), chunkStartSeconds(8)]);
+    assert.deepEqual(times(out), [0, cleanChunkTime(2), chunkStartSeconds(8)]);
     assert.notEqual(out, base);
     assert.equal(base[1].time, chunkStartSeconds(4), "input not mutated");
   });
   test("moveBoundary clamps with one chunk gap", () => {
-    assert.equal(moveBoundary(base, 1, 0)[1].time, chunkStartSeconds(1));
-    assert.equal(moveBoundary(base, 1, 100)[1].time, chunkStartSeconds(7));
-    assert.equal(moveBoundary(base, 2, 0)[2].time, chunkStartSeconds(5));
-    assert.equal(moveBoundary(base, 2, 100)[2].time, snapToChunk(100), "last entry: no upper neighbour");
-    assert.equal(moveBoundary(base, 2, 100, { duration: 5 })[2].time, chunkStartSeconds(chunkCount(5) - 1));
+    assert.equal(moveBoundary(base, 1, 0)[1].time, cleanChunkTime(1));
+    assert.equal(moveBoundary(base, 1, 100)[1].time, cleanChunkTime(7));
+    assert.equal(moveBoundary(base, 2, 0)[2].time, cleanChunkTime(5));
+    assert.equal(moveBoundary(base, 2, 100)[2].time, cleanChunkTime(chunkIndexAt(100)), "last entry: no upper neighbour");
+    assert.equal(moveBoundary(base, 2, 100, { duration: 5 })[2].time, cleanChunkTime(chunkCount(5) - 1));
   });
   test("moveBoundary: entry 0 and impossible moves are no-ops", () => {
     assert.deepEqual(moveBoundary(base, 0, 3), base);
     assert.deepEqual(moveBoundary(base, 7, 3), base);
     const tight = E([[0, "a"], [chunkStartSeconds(1), "b"], [chunkStartSeconds(2), "c"]]);
-    assert.deepEqual(moveBoundary(tight, 1, 5), tight);
+    assert.deepEqual(moveBoundary(tight, 1, 5).map((e) => chunkIndexAt(e.time)), [0, 1, 2], "no room: same chunks");
   });
   test("moveBoundary with a different fps", () => {
     const e = E([[0, "a"], [2, "b"]]);
-    assert.equal(moveBoundary(e, 1, 1, { fps: 24 })[1].time, snapToChunk(1, { fps: 24 }));
+    const moved = moveBoundary(e, 1, 1, { fps: 24 })[1].time;
+    assert.equal(chunkIndexAt(moved, 24), chunkIndexAt(1, 24));
+    assert.equal(moved, cleanChunkTime(chunkIndexAt(1, 24), 24));
   });
   test("addPrompt inserts sorted at a snapped free chunk", () => {
     const out = addPrompt(base, 1.0, "new");
     assert.deepEqual(out.map((e) => e.prompt), ["a", "new", "b", "c"]);
-    assert.equal(out[1].time, chunkStartSeconds(2));
+    assert.equal(out[1].time, cleanChunkTime(2));
     const clash = addPrompt(base, chunkStartSeconds(4), "x");       // chunk 4 taken -> 5
-    assert.equal(clash[2].time, chunkStartSeconds(5));
+    assert.equal(clash[2].time, cleanChunkTime(5));
     const end = addPrompt(base, 100, "tail", { duration: chunkStartSeconds(8) + 0.1 });
     assert.equal(end.length, 4);
     // the video ends in chunk 8, which "c" holds: the nearest free chunk before it is used
     assert.deepEqual(end.map((e) => e.prompt), ["a", "b", "tail", "c"]);
-    assert.equal(end[2].time, chunkStartSeconds(7));
+    assert.equal(end[2].time, cleanChunkTime(7));
     assert.ok(end.every((e, i) => i === 0 || e.time > end[i - 1].time));
     assert.deepEqual(addPrompt([], 5, "first"), E([[0, "first"]]));
-    assert.equal(addPrompt(base, 0, "zero")[1].time, chunkStartSeconds(1), "chunk 0 is taken");
+    assert.equal(addPrompt(base, 0, "zero")[1].time, cleanChunkTime(1), "chunk 0 is taken");
   });
   test("addPrompt when the video is full is a no-op", () => {
     const full = E([[0, "a"], [chunkStartSeconds(1), "b"]]);
@@ -232,5 +235,79 @@ describe("drawing helpers", () => {
   test("tick step", () => {
     assert.equal(niceTickStep(10, 800, 80), 1);
     assert.equal(niceTickStep(60, 600, 80), 10);
+  });
+});
+
+describe("clean times, late prompts, fit to length, colours (issue #21)", () => {
+  test("edits write clean times that snap to the same chunk", () => {
+    assert.equal(chunkStartSeconds(16), 11.8125);
+    assert.equal(cleanChunkTime(16), 12);
+    for (let k = 0; k < 500; k += 1) {
+      const t = cleanChunkTime(k);
+      assert.equal(chunkIndexAt(t), k, `chunk ${k}: ${t}`);
+      assert.ok(Number.isInteger(Math.round(t * 100)) && Math.abs(t * 100 - Math.round(t * 100)) < 1e-9, `${t}`);
+    }
+    const moved = moveBoundary(E([[0, "a"], [5, "b"], [40, "c"]]), 1, 11.8);
+    assert.equal(serializeSchedule(moved).split("\n")[1], "12s: b");
+  });
+  test("a drag past the next prompt leaves every block at least one chunk long", () => {
+    const e = E([[0, "a"], [5, "b"], [10, "c"]]);
+    for (const t of [9.9, 10, 12, 100]) {
+      const out = moveBoundary(e, 1, t);
+      const k = out.map((x) => chunkIndexAt(x.time));
+      assert.ok(k[1] >= k[0] + 1 && k[2] >= k[1] + 1, `${t}: ${k}`);
+      assert.equal(k[2], chunkIndexAt(10), "the next prompt does not move");
+    }
+  });
+  test("prompts past the end are late, and the lane stretches to show them", () => {
+    const e = E([[0, "a"], [20, "b"], [40, "c"]]);
+    assert.deepEqual(lateIndices(e, 10), [1, 2]);
+    assert.deepEqual(lateIndices(e, 60), []);
+    assert.equal(laneLength(e, 60), 60);
+    const lane = laneLength(e, 10);
+    assert.ok(lane > 40 && lane >= chunkStartSeconds(chunkIndexAt(40) + 1), `${lane}`);
+    for (const s of spans(e, lane)) assert.ok(s.end <= lane && s.end > s.start, JSON.stringify(s));
+  });
+  test("fit to length spreads the prompts into the video, keeping order", () => {
+    const e = E([[0, "a"], [20, "b"], [40, "c"]]);
+    const fit = fitToLength(e, 10);
+    assert.deepEqual(fit.map((x) => x.prompt), ["a", "b", "c"]);
+    assert.deepEqual(lateIndices(fit, 10), []);
+    assert.equal(laneLength(fit, 10), 10, "nothing late: the lane is the video");
+    const k = fit.map((x) => chunkIndexAt(x.time));
+    assert.ok(k[0] === 0 && k[1] > 0 && k[2] > k[1], `${k}`);
+    assert.ok(Math.abs(fit[1].time - 10 * 20 / 40.75) < 1.5, `${fit[1].time} keeps the relative spacing`);
+    assert.deepEqual(parseSchedule(serializeSchedule(fit)).errors, []);
+    assert.deepEqual(fitToLength(e, 60), e, "already fits: unchanged");
+    const crowded = E([[0, "a"], [30, "b"], [31, "c"], [32, "d"]]);
+    const tight = fitToLength(crowded, 2.5);                   // 4 chunks for 4 prompts
+    assert.deepEqual(tight.map((x) => chunkIndexAt(x.time)), [0, 1, 2, 3]);
+    assert.equal(fitToLength(crowded, 1), null, "more prompts than chunks");
+  });
+  test("colours follow the prompt, not its position", () => {
+    const first = assignColorSlots([], E([[0, "a"], [5, "b"], [9, "c"]]));
+    assert.deepEqual(first, [0, 1, 2]);
+    const prev = ["a", "b", "c"].map((prompt, i) => ({ prompt, slot: first[i] }));
+    // a prompt added before "b": a, b and c keep their colours, the new one takes a free slot
+    assert.deepEqual(assignColorSlots(prev, E([[0, "a"], [2, "new"], [5, "b"], [9, "c"]])), [0, 3, 1, 2]);
+    // "a" removed: the others keep theirs
+    assert.deepEqual(assignColorSlots(prev, E([[0, "b"], [9, "c"]])), [1, 2]);
+    // "b" being edited: same count, same place, same colour
+    assert.deepEqual(assignColorSlots(prev, E([[0, "a"], [5, "b!"], [9, "c"]])), [0, 1, 2]);
+    // two identical prompts get different colours
+    assert.deepEqual(assignColorSlots([], E([[0, "x"], [5, "x"]])), [0, 1]);
+  });
+});
+
+describe("generation time estimate", () => {
+  test("pace is the median gap between chunks, the first (loading) chunk left out", async () => {
+    const { paceFromChunkTimes, formatDuration } = await import("../timeline_model.js");
+    assert.equal(paceFromChunkTimes([]), null);
+    assert.equal(paceFromChunkTimes([5000]), null);
+    assert.equal(paceFromChunkTimes([60000, 62000, 64000, 70000]), 2);   // one slow gap does not skew it
+    assert.equal(paceFromChunkTimes([0, 1000, 4000]), 2);
+    assert.equal(formatDuration(81 * 0.5), "~41 s");
+    assert.equal(formatDuration(81 * 8), "~11 min");
+    assert.equal(formatDuration(7500), "~2 h 5 min");
   });
 });
