@@ -16,6 +16,8 @@ from videossm_core.state import StreamState
 
 from tests.demo_weights import needs_demo_weights
 
+from .small_disk import REPO, TMPFS
+
 PROMPT = "0s: a red circle bouncing on a dark background"
 
 
@@ -231,3 +233,23 @@ def test_the_demo_encoder_warns_about_words_it_drops(tmp_path, capsys):
     warnings = [line for line in err.splitlines() if "warning" in line]
     assert any("does not know dog (in " in w for w in warnings), err
     assert any(f"has {len(long.split())} words; the demo text encoder reads only the first" in w for w in warnings), err
+
+
+@pytest.mark.skipif(not TMPFS, reason="needs a private mount namespace (unshare -rm) for a read-only mount")
+def test_a_read_only_out_folder_is_named(tmp_path):
+    """As root every folder is writable by permission, so the read-only place is a read-only mount."""
+    import shlex
+    import subprocess
+    import sys
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    command = shlex.join([sys.executable, "-m", "videossm_core", "generate", "--seconds", "1",
+                          "--out", str(folder / "v.mp4")])
+    script = f"mount -t tmpfs -o ro tmpfs {shlex.quote(str(folder))} || exit 99; exec {command}"
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "read-only" in lines[0] and "choose another --out" in lines[0]
