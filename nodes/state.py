@@ -39,9 +39,10 @@ class VideoSSMNewStream(io.ComfyNode):
                                        "differs. Leave on auto (the fastest available). chunkwise: fast on any "
                                        "device; recurrent: slow, for checking; fla: needs an NVIDIA GPU and "
                                        "pip install fla-core."),
-                io.Float.Input("router_horizon_seconds", default=60.0, min=1.0, max=36000.0, step=1.0,
+                io.Float.Input("router_horizon_seconds", default=0.0, min=0.0, max=36000.0, step=1.0,
                                tooltip="Over how many seconds the model leans more and more on its long-term memory "
-                                       "(and less on the window). Set it near the video's length."),
+                                       "(and less on the window). 0 = what the model was trained with (best); "
+                                       "another value overrides it."),
                 io.Combo.Input("position_mode", options=["unbounded", "absolute"], default="unbounded",
                                tooltip="unbounded: videos of any length (hours). absolute: exactly as the models were "
                                        "trained, but stops after about 256 s."),
@@ -68,7 +69,8 @@ class VideoSSMNewStream(io.ComfyNode):
                 position_mode, guidance) -> io.NodeOutput:
         stream = StreamConfig(window_frames=window_frames, sink_frames=sink_frames, memory=global_memory,
                               memory_update=memory_update, position_mode=position_mode,
-                              router_horizon_frames=max(1, round(router_horizon_seconds * model.fps / 4)))
+                              router_horizon_frames=(max(1, round(router_horizon_seconds * model.fps / 4))
+                                                     if router_horizon_seconds > 0 else None))  # None: the model's
         state = StreamState.new(model.model.config, stream, SamplingConfig(guidance_scale=guidance))
         return io.NodeOutput(state)
 

@@ -263,8 +263,9 @@ def cmd_generate(args) -> int:
                 print(f"videossm: warning: {warning}", file=sys.stderr)
         if state is not None:
             state.check_compatible(model.config)
-        stream = (stream or StreamConfig()).replace(
-            router_horizon_frames=args.horizon or max(3, round(args.seconds * 4)))
+        stream = stream or StreamConfig()
+        if args.horizon:  # else the model's own T: not the video's length, so a resumed stream matches one run
+            stream = stream.replace(router_horizon_frames=args.horizon)
         changes = {field: value for field, value in (
             ("memory", False if args.no_memory else None), ("position_mode", args.positions),
             ("window_frames", args.window), ("sink_frames", args.sink)) if value is not None}
@@ -399,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--positions", choices=["absolute", "unbounded"], default="unbounded",
                      help="RoPE frame positions (default unbounded); absolute stops at 1024 latent frames (~256 s)")
     gen.add_argument("--horizon", type=_number(int, low=1, high=10**7),
-                     help="router horizon T in latent frames (default: the video length)")
+                     help="router horizon T in latent frames (default: the one the model was trained with)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     gen.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
                      help="compute dtype (bf16 on a GPU; the memory state stays float32)")

@@ -53,6 +53,10 @@ class MemoryConfig:
     beta_init: float = 0.05  # write strength at init; small because each frame writes ~1560 unit keys
     router_w_init: float = 1.0
     router_b_init: float = 0.0
+    # T of the router gamma_t = sigmoid(w log((t + 1) / T) + b), in latent frames. It belongs to the weights: w and b
+    # were trained against it (stage 2 stores its T here), so a stream uses it unless told otherwise, whatever the
+    # video's length. 240 = 60 s, what the demo was trained with; files from before this field get it.
+    router_horizon_frames: int = 240
     delta_chunk_size: int = 64  # block length of the chunkwise (WY) delta-rule write
     norm_eps: float = 1e-6
 
@@ -61,8 +65,10 @@ class MemoryConfig:
             raise ValueError(f"memory retention must lie in (0, 1), got {self.retention}")
         if not 0.0 < self.beta_init < 1.0:
             raise ValueError(f"memory beta_init must lie in (0, 1), got {self.beta_init}")
-        if self.retention_frames < 1 or self.init_tokens_per_frame < 1 or self.delta_chunk_size < 1:
-            raise ValueError("memory retention_frames, init_tokens_per_frame and delta_chunk_size must be >= 1")
+        if (self.retention_frames < 1 or self.init_tokens_per_frame < 1 or self.delta_chunk_size < 1
+                or self.router_horizon_frames < 1):
+            raise ValueError("memory retention_frames, init_tokens_per_frame, delta_chunk_size and "
+                             "router_horizon_frames must be >= 1")
 
     @property
     def init_log_decay_per_token(self) -> float:
@@ -156,7 +162,9 @@ class StreamConfig:
     # or "recurrent" (the token loop: the reference, slow). Older state files say "chunkwise".
     memory_update: str = "auto"
     position_mode: str = "absolute"  # "absolute" (Self-Forcing/LongLive training) or "unbounded"
-    router_horizon_frames: int = 240  # T in gamma_t = sigmoid(w log((t+1)/T) + b); 240 = 60 s
+    # T in gamma_t = sigmoid(w log((t+1)/T) + b). None: the model's own (MemoryConfig.router_horizon_frames, what it
+    # was trained with; StreamState.new fills it in); a number overrides it for this stream.
+    router_horizon_frames: int | None = None
     full_cache: bool = False  # Self-Forcing / ComfyUI-core style growing cache (benchmarks, baselines)
 
     def __post_init__(self):
@@ -175,8 +183,8 @@ class StreamConfig:
             raise ValueError(
                 f"window_frames ({self.window_frames}) must hold the sink ({self.sink_frames}) "
                 f"plus one chunk ({self.chunk_frames})")
-        if self.router_horizon_frames < 1:
-            raise ValueError("router_horizon_frames must be >= 1")
+        if self.router_horizon_frames is not None and self.router_horizon_frames < 1:
+            raise ValueError("router_horizon_frames must be >= 1 (or None: the model's own)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -224,7 +224,7 @@ class StreamSampler:
                  else layer.memory.detach().norm().to(self.model.device) for layer in layers]
         values = torch.stack(norms)
         if state.memory_active:
-            values = torch.cat([values, self.model.router_gamma_tensor(start, state.stream.router_horizon_frames)])
+            values = torch.cat([values, self.model.router_gamma_tensor(start, self.model.router_horizon(state.stream))])
         values = values.tolist()
         state.history.append({
             "chunk": chunk_idx,

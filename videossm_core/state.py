@@ -123,6 +123,8 @@ class StreamState:
         batch: int = 1,
     ) -> "StreamState":
         stream = stream or StreamConfig()
+        if stream.router_horizon_frames is None:  # the model's T, fixed in the state so a resumed stream keeps it
+            stream = stream.replace(router_horizon_frames=model_config.memory.router_horizon_frames)
         sampling = sampling or SamplingConfig()
         names = ["cond", "uncond"] if sampling.guidance_scale != 1.0 else ["cond"]
         state = cls(model_config=model_config, stream=stream, sampling=sampling, seed=int(seed), batch=batch)

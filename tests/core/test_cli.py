@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from videossm_core.cli import main
 from videossm_core.locks import OutputLock
@@ -212,3 +213,24 @@ def test_compile_and_checkpoint_options_reach_the_run(tmp_path):
     assert compiled.next_frame == eager.next_frame == 9
     torch.testing.assert_close(compiled.recent_latents, eager.recent_latents, rtol=1e-4, atol=1e-4)
     torch._dynamo.reset()
+
+
+@needs_demo_weights
+def test_six_seconds_then_six_more_is_the_twelve_second_video(tmp_path):
+    """The router's T is the model's (what it was trained with), not the requested length: a 6-s run resumed for 6 s
+    is the 12-s run (same seed, one prompt). When T followed --seconds the two streams weighted the memory
+    differently (T = 24 vs 48 latent frames) and parted as soon as the memory was read."""
+    one, parts = tmp_path / "one.mp4", tmp_path / "parts.mp4"
+    assert main(["generate", "--seconds", "12", "--out", str(one), *SMALL, "--schedule", PROMPT]) == 0
+    assert main(["generate", "--seconds", "6", "--out", str(parts), *SMALL, "--schedule", PROMPT]) == 0
+    first = StreamState.load(tmp_path / "parts.state.safetensors")
+    assert first.stream.router_horizon_frames == first.model_config.memory.router_horizon_frames == 240
+    assert main(["generate", "--seconds", "6", "--resume", str(tmp_path / "parts.state.safetensors"),
+                 "--out", str(parts), *SMALL, "--schedule", PROMPT]) == 0
+    whole, resumed = StreamState.load(tmp_path / "one.state.safetensors"), StreamState.load(
+        tmp_path / "parts.state.safetensors")
+    assert whole.next_frame == resumed.next_frame == 51 and whole.counters["evicted_frames"] > 0  # 17 chunks
+    for a, b in zip(whole.branches["cond"].layers, resumed.branches["cond"].layers):
+        assert a.memory.norm() > 0
+        torch.testing.assert_close(b.memory, a.memory, rtol=0, atol=1e-6)
+    frames_close(read_video(parts), read_video(one))

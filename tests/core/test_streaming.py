@@ -186,3 +186,27 @@ def test_recurrent_memory_update_form_matches_chunkwise():
         slow, _ = _stream(model, StreamConfig(memory_update="recurrent"), x, t, ctx)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
     assert (fast - _stream(model, StreamConfig(memory=False), x, t, ctx)[0]).abs().max() > 1e-4
+
+
+def test_router_horizon_is_the_models_unless_the_stream_overrides_it():
+    """T is the one the weights were trained with (MemoryConfig), fixed into a new state; a stream may override it;
+    a config saved before the field existed gets 240 (the demo's)."""
+    import dataclasses
+
+    from videossm_core.config import ModelConfig, get_preset
+
+    tiny = get_preset("tiny")
+    model = make_tiny_model(active_memory=True, memory=dataclasses.replace(tiny.memory, router_horizon_frames=12))
+    x, t = _clip(24)
+    ctx = text(0)
+    with torch.no_grad():
+        default, state = _stream(model, StreamConfig(), x, t, ctx)
+        same, _ = _stream(model, StreamConfig(router_horizon_frames=12), x, t, ctx)
+        other, _ = _stream(model, StreamConfig(router_horizon_frames=240), x, t, ctx)
+    assert state.stream.router_horizon_frames == 12
+    assert torch.equal(default, same)
+    assert (default[:, :, 12:] - other[:, :, 12:]).abs().max() > 1e-4  # T matters once the memory is read
+    old = tiny.to_dict()
+    del old["memory"]["router_horizon_frames"]
+    assert ModelConfig.from_dict(old).memory.router_horizon_frames == 240
+    assert StreamConfig.from_dict({"router_horizon_frames": 30}).router_horizon_frames == 30  # old states keep theirs

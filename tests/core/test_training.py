@@ -208,8 +208,9 @@ def test_critic_warmup_trains_the_critic_alone_before_the_first_generator_update
 
 
 def test_stage2_router_horizon_is_the_rollout_length_unless_given(tmp_path, monkeypatch):
-    """Generation sets the router's T to the video's length; stage 2 sets it to the rollout's, so the router is
-    trained over the relative positions (0..1) it meets when generating. ``--router-horizon-frames`` overrides."""
+    """Stage 2 trains the router against T = the rollout's length (``--router-horizon-frames`` overrides) and stores
+    that T with the student (its MemoryConfig, in the saved file), where generation takes it from."""
+    from videossm_core.checkpoints import load_model
     from videossm_core.training import stage2 as stage2_module
     from videossm_core.training.cli import build_parser, distill_config
 
@@ -221,11 +222,16 @@ def test_stage2_router_horizon_is_the_rollout_length_unless_given(tmp_path, monk
             super().__init__(model, config)
 
     monkeypatch.setattr(stage2_module, "SelfRollout", Recording)
+    stored = []
     for workdir, horizon in (("own", None), ("given", 240)):
+        student = make_tiny_model(seed=1)
         train_stage2(_stage2_cfg(tmp_path / workdir, steps=1, rollout_frames=18, router_horizon_frames=horizon),
-                     DistEnv(), teacher=make_tiny_model(seed=1), student=make_tiny_model(seed=1),
+                     DistEnv(), teacher=make_tiny_model(seed=1), student=student,
                      critic=make_tiny_model(seed=1), conditioner=_conditioner(), log=_quiet_log(tmp_path / workdir))
+        saved = load_model(str(tmp_path / workdir / "student.safetensors"))
+        stored.append((student.config.memory.router_horizon_frames, saved.config.memory.router_horizon_frames))
     assert seen == [18, 240]
+    assert stored == [(18, 18), (240, 240)]
     args = build_parser().parse_args(["stage2", "--workdir", "w", "--teacher", "t", "--student", "s",
                                       "--router-horizon-frames", "240"])
     assert distill_config(Stage2Config, args).router_horizon_frames == 240

@@ -149,7 +149,7 @@ def demo_graph(seconds: float, prefix: str, schedule: str | None = None, seed: i
             "dtype": "auto", "device": "auto"}},
         "2": {"class_type": "VideoSSMNewStream", "inputs": {
             "model": ["1", 0], "window_frames": 12, "sink_frames": 3, "global_memory": True,
-            "memory_update": "chunkwise", "router_horizon_seconds": 60.0, "position_mode": "unbounded",
+            "memory_update": "chunkwise", "router_horizon_seconds": 0.0, "position_mode": "unbounded",
             "guidance": 1.0}},
         "3": {"class_type": "VideoSSMPromptSchedule", "inputs": {
             "schedule": schedule, "duration_seconds": seconds, "model": ["1", 0], "negative": ""}},
@@ -169,7 +169,7 @@ def tiny_graph(seconds: float, prefix: str, seed: int = 1, size=(64, 64)) -> dic
         "3": {"class_type": "VAELoader", "inputs": {"vae_name": TINY_VAE}},
         "4": {"class_type": "VideoSSMNewStream", "inputs": {
             "model": ["1", 0], "window_frames": 12, "sink_frames": 3, "global_memory": True,
-            "memory_update": "chunkwise", "router_horizon_seconds": 60.0, "position_mode": "unbounded",
+            "memory_update": "chunkwise", "router_horizon_seconds": 0.0, "position_mode": "unbounded",
             "guidance": 1.0}},
         "5": {"class_type": "VideoSSMPromptSchedule", "inputs": {
             "schedule": "0s: a fox in the snow\n", "duration_seconds": seconds, "clip": ["2", 0],
@@ -260,7 +260,7 @@ def test_object_info_documents_inputs_and_outputs(comfy):
     assert _spec(info, "VideoSSMNewStream", "memory_update")[0] == ["auto", "chunkwise", "recurrent", "fla"]
     kind, opts = _spec(info, "VideoSSMNewStream", "position_mode")
     assert kind == ["unbounded", "absolute"] and opts["default"] == "unbounded"
-    assert _spec(info, "VideoSSMNewStream", "router_horizon_seconds")[1]["default"] == 60.0
+    assert _spec(info, "VideoSSMNewStream", "router_horizon_seconds")[1]["default"] == 0.0  # 0: the model's T
     assert _spec(info, "VideoSSMNewStream", "guidance")[1]["default"] == 1.0
     assert info["VideoSSMNewStream"]["output"] == ["VIDEOSSM_STATE"]
 
@@ -430,7 +430,7 @@ def test_demo_template_matches_bundled_model():
     new = api[one(api, "VideoSSMNewStream")]["inputs"]
     assert (new["window_frames"], new["sink_frames"], new["global_memory"], new["position_mode"]) == (
         stream.window_frames, stream.sink_frames, stream.memory, stream.position_mode)
-    assert max(1, round(new["router_horizon_seconds"] * fps / 4)) == stream.router_horizon_frames
+    assert new["router_horizon_seconds"] == 0  # the router's T: the one the model was trained with
 
 
 def test_real_weights_template_runs_with_stand_ins(comfy):

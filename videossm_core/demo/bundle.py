@@ -33,7 +33,7 @@ META_DEMO = "videossm_demo"  # {"fps": 16, "resolution": [H, W]}
 # What the demo was trained for: chunks of 3 latent frames, the first chunk as sink, a 12-frame window,
 # global memory on, rank ("unbounded") RoPE positions so streams can run past 1024 latent frames.
 DEFAULT_STREAM = StreamConfig(chunk_frames=3, sink_frames=3, window_frames=12, memory=True,
-                              position_mode="unbounded", router_horizon_frames=240)
+                              position_mode="unbounded")  # the router's T: the model's (MemoryConfig, 240)
 DEFAULT_SAMPLING = SamplingConfig()
 DEFAULT_FPS = 16
 DEFAULT_RESOLUTION = (64, 64)

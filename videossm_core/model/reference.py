@@ -111,7 +111,7 @@ class ReferenceStream:
                         item = store[fr]
                         state = gated_delta_write_reference(
                             state, l2_normalize_reference(item["k"]), item["v"], item["g"], item["beta"])
-                    gamma = attn.memory.router(torch.arange(start, end), s.router_horizon_frames)
+                    gamma = attn.memory.router(torch.arange(start, end), model.router_horizon(s))
                     out = out.float() + attn.memory.read(state, q, h_in, gamma.repeat_interleave(n))
                     g, beta = attn.memory.gates(h_in)
                 for j, fr in enumerate(range(start, end)):

@@ -373,11 +373,12 @@ class CausalWanModel(nn.Module):
         tokens = self._patchify(x)
         query_frames = plan.query_frames
         step = self._compiled_stream_block or stream_block
+        horizon = self.router_horizon(stream)
         with _recompile_room() if self._compiled_stream_block else contextlib.nullcontext():
             for block, layer in zip(self.blocks, branch.layers):
                 gamma = None  # the router weight per query token, [N]
                 if memory_on:
-                    gamma = block.self_attn.memory.router(query_frames, stream.router_horizon_frames)
+                    gamma = block.self_attn.memory.router(query_frames, horizon)
                     gamma = gamma.repeat_interleave(h * w)
                 tokens = step(block, tokens, e0, h * w, layer, plan, memory_on, gamma, stream.memory_update)
         return self._unpatchify(self.head(tokens, e, h * w), grid), new_next
@@ -389,6 +390,10 @@ class CausalWanModel(nn.Module):
         evicts; later chunks reuse the graphs). Options go to ``torch.compile`` (e.g. ``mode``).
         """
         self._compiled_stream_block = torch.compile(stream_block, **compile_options)
+
+    def router_horizon(self, stream: StreamConfig) -> int:
+        """The router's T for a stream: its override, else the one the model was trained with."""
+        return stream.router_horizon_frames or self.config.memory.router_horizon_frames
 
     def router_gammas(self, frame: int, horizon: int) -> list[float]:
         """gamma_t of every block at latent frame ``frame`` (for inspection; one host sync)."""

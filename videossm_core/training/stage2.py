@@ -20,6 +20,7 @@ The critic continues from stage 1's.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,8 @@ class Stage2Config(DistillConfig):
     lr: float = 1e-4
     critic_lr: float = 1e-4
     rollout_frames: int = 105  # latent frames of one long rollout (105 = 35 chunks ~ 26 s at 16 fps)
-    # T of the memory router, gamma_t = sigmoid(w log((t + 1) / T) + b). None: the rollout's length, as generation
-    # takes the video's length, so training sees the router over the same relative positions (0..1) as inference.
+    # T of the memory router, gamma_t = sigmoid(w log((t + 1) / T) + b), stored in the student's MemoryConfig (what
+    # generation uses by default). None: the rollout's length.
     router_horizon_frames: int | None = None
     switch_prob: float = 0.5
     base_lr_scale: float = 0.3
@@ -109,8 +110,12 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
                          cfg.lr, betas=cfg.betas)
     critic_opt = make_adamw([{"params": critic_params}], cfg.critic_lr, betas=cfg.betas)
 
-    stream = stream_config(cfg, memory=True).replace(
-        router_horizon_frames=cfg.router_horizon_frames or cfg.rollout_frames)
+    horizon = cfg.router_horizon_frames or cfg.rollout_frames
+    # The router is trained against this T, so it is stored with the student (its config travels in every file it
+    # is saved to) and generation uses it whatever the video's length.
+    student.config = student.config.replace(
+        memory=dataclasses.replace(student.config.memory, router_horizon_frames=horizon))
+    stream = stream_config(cfg, memory=True).replace(router_horizon_frames=horizon)
     sampling = sampling_config(cfg)
     rollout = SelfRollout(student, RolloutConfig(stream, sampling, train_memory=cfg.train_gates))
     h, w = latent_size(cfg)
