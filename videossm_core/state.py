@@ -168,7 +168,7 @@ class StreamState:
     # ------------------------------------------------------------------ inspection
     def memory_norms(self, branch: str = "cond") -> list[float]:
         """Frobenius norm of each block's memory state (0 where nothing was written)."""
-        return [0.0 if layer.memory is None else float(layer.memory.norm()) for layer in self.branches[branch].layers]
+        return [0.0 if layer.memory is None else float(layer.memory.detach().norm()) for layer in self.branches[branch].layers]
 
     def window_occupancy(self, branch: str = "cond") -> int:
         return sum(1 for f in self.branches[branch].slot_frames if f >= 0)

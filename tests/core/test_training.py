@@ -237,6 +237,78 @@ def test_stage2_router_horizon_is_the_rollout_length_unless_given(tmp_path, monk
     assert distill_config(Stage2Config, args).router_horizon_frames == 240
 
 
+# The demo's window: a chunk is evicted 3 chunks after it is written, always after the end of its 2-chunk window.
+DEMO_LIKE_STREAM = dict(TINY_STREAM, window_frames=12)
+WRITE_SIDE = ("alpha_proj.weight", "alpha_proj.bias", "beta_proj.weight", "beta_proj.bias", "A_log")
+
+
+def test_stage2_trains_the_write_side_of_the_memory(tmp_path):
+    """Windows of 2 chunks on the demo's window: the first evictions (chunk 4 evicts chunk 1, chunk 5 chunk 2) come in
+    step 3, with gates cached in steps 1 and 2. Only a memory graph carried across windows lets step 3 move W_alpha,
+    W_beta, A_log and the gate biases; cut at every window (as before) they stay exactly as they were."""
+    student = make_tiny_model(seed=1, active_memory=True)  # a read that depends on the memory: gradient reaches it
+    before = {k: v.clone() for k, v in student.memory_parameters().items()}
+    cfg = _stage2_cfg(tmp_path, steps=3, latent_frames=6, stream=dict(DEMO_LIKE_STREAM), switch_prob=0.0,
+                      rollout_frames=60, base_lr_scale=0.0)
+    train_stage2(cfg, DistEnv(), teacher=make_tiny_model(seed=1), student=student, critic=make_tiny_model(seed=1),
+                 conditioner=_conditioner(), log=_quiet_log(tmp_path))
+    after = student.memory_parameters()
+    for name in WRITE_SIDE:
+        keys = [k for k in before if k.endswith(f"self_attn.memory.{name}")]
+        assert len(keys) == TINY.num_layers
+        assert all(not torch.equal(before[k], after[k]) for k in keys), name
+
+
+def test_gradient_wrt_A_log_through_an_eviction_matches_finite_differences():
+    """A loss on a chunk whose first call evicts a chunk cached two windows earlier (graph carried by
+    ``detach_state(keep_memory_graph=True)``): autograd's d loss / d A_log equals a central difference. float32 (the
+    memory's state and gates are float32 by design), so the tolerance is a few percent."""
+    from videossm_core.config import SamplingConfig, StreamConfig
+
+    model = make_tiny_model(seed=3, active_memory=True)
+    memory = model.blocks[0].self_attn.memory
+    with torch.no_grad():
+        for block in model.blocks:
+            block.self_attn.memory.A_log.fill_(2.0)  # a strong decay: the loss clearly depends on it
+    stream = StreamConfig(**DEMO_LIKE_STREAM, memory_update="chunkwise")
+    rollout = SelfRollout(model, RolloutConfig(stream, SamplingConfig(denoising_steps=(1000.0, 500.0)),
+                                               train_memory=True))
+    context = _conditioner()(["a red circle bouncing on a dark background"])
+    gen = torch.Generator().manual_seed(0)
+    noise = {key: torch.randn(1, TINY.in_dim, 3, 4, 4, generator=gen) for key in [(c, k) for c in range(5)
+                                                                                   for k in range(2)]}
+    weights = torch.randn(1, TINY.in_dim, 3, 4, 4, generator=gen)
+
+    def loss(keep_memory_graph=True):
+        state = rollout.new_state(1, context)
+        for _ in range(2):  # chunks 0-3: chunk 1's gates are cached in the first window; nothing evicted yet
+            rollout.run_chunks(state, 2, lambda c, k: noise[(c, k)], [1, 1], grad=False)
+            SelfRollout.detach_state(state, keep_memory_graph=keep_memory_graph)
+        # Chunk 4 exits at its first call, which evicts chunk 1 into the memory and reads it: the loss depends on
+        # A_log only through that write (and its cached gates), the path autograd follows.
+        x0 = rollout.run_chunks(state, 1, lambda c, k: noise[(c, k)], [0], grad=True)
+        assert state.counters["evicted_frames"] == 3
+        return (x0.double() * weights).sum()
+
+    loss().backward()
+    autograd = memory.A_log.grad.clone()
+    assert autograd.abs().max() > 0
+    eps = 1e-2
+    numeric = torch.zeros_like(autograd)
+    with torch.no_grad():
+        for head in range(len(numeric)):
+            values = []
+            for sign in (1, -1):
+                memory.A_log[head] += sign * eps
+                values.append(float(loss()))
+                memory.A_log[head] -= sign * eps
+            numeric[head] = (values[0] - values[1]) / (2 * eps)
+    torch.testing.assert_close(autograd, numeric, rtol=3e-2, atol=1e-4 * float(numeric.abs().max()))
+    model.zero_grad(set_to_none=True)
+    loss(keep_memory_graph=False).backward()  # the graph cut at every window: the gradient is lost
+    assert memory.A_log.grad is None or not memory.A_log.grad.any()
+
+
 # ---------------------------------------------------------------------------------------------- guidance interval
 
 def _prompt_flow(x, timestep, context):

@@ -98,8 +98,8 @@ class SelfAttention(_Projections):
         """One streaming call: evict to memory, store this call's K/V (and gates), attend, read memory.
 
         Cached K/V are stored detached (gradients stop at the chunk boundary, as in Self-Forcing);
-        cached gates keep their graph when grad is on, so long-rollout training reaches the gate
-        parameters through the memory write.
+        cached gates keep their graph to the gate parameters when grad is on, so long-rollout training
+        reaches them through the memory write.
         """
         q, k, v = self.project(x)
         use_memory = memory_on and self.memory is not None
@@ -114,9 +114,16 @@ class SelfAttention(_Projections):
         cache.k[:, write] = k.detach().to(cache.k.dtype)
         cache.v[:, write] = v.detach().to(cache.v.dtype)
         if use_memory:
-            g, beta = self.memory.gates(x)
-            cache.g = cache.g.index_copy(1, write, g)
-            cache.beta = cache.beta.index_copy(1, write, beta)
+            # From the detached input: a cached gate's graph then holds only the gate parameters, small enough for
+            # stage 2 to carry it across training windows to the eviction that uses it (the input's graph is the
+            # whole network, which the optimizer changes in place between windows).
+            g, beta = self.memory.gates(x.detach())
+            if torch.is_grad_enabled():
+                cache.g = cache.g.index_copy(1, write, g)
+                cache.beta = cache.beta.index_copy(1, write, beta)
+            else:  # in place, so the other slots' gates keep the graph they carry (a rollout's no-grad steps)
+                cache.g[:, write] = g
+                cache.beta[:, write] = beta
         read = plan.read_tokens
         keys = torch.cat([apply_rope(cache.k[:, read], plan.read_cos, plan.read_sin),
                           apply_rope(k, plan.query_cos, plan.query_sin)], dim=1)

@@ -165,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--critic", default=None, help="critic init (default: the stage-1 run's critic, else the teacher)")
     p.add_argument("--rollout-frames", type=int, default=105, help="latent frames of one long rollout")
     p.add_argument("--router-horizon-frames", type=int, default=None,
-                   help="T of the memory router (default: --rollout-frames, as generation uses the video's length)")
+                   help="T of the memory router, stored with the student for generation (default: --rollout-frames)")
+    p.add_argument("--memory-bptt-windows", type=int, default=4,
+                   help="training windows the memory state and cached gates keep their graph across (the write side "
+                        "learns only through evictions, which come windows after a chunk is written)")
     p.add_argument("--switch-prob", type=float, default=0.5, help="probability of a prompt switch per window")
     p.add_argument("--guidance", type=float, default=3.0, help="teacher CFG scale in DMD (real score)")
     _add_guidance_interval(p)

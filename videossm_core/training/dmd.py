@@ -98,12 +98,13 @@ class DMDTrainer:
         self.last_generator: dict[str, float] = {}
 
     def step(self, x0: Tensor, cond: Tensor, uncond: Tensor, seed: int, step: int, indices: Sequence[int],
-             update_generator: bool) -> dict[str, float]:
-        """``x0 [B, C, F, h, w]``: the rollout, with graph when ``update_generator``."""
+             update_generator: bool, retain_graph: bool = False) -> dict[str, float]:
+        """``x0 [B, C, F, h, w]``: the rollout, with graph when ``update_generator``. ``retain_graph``: keep the
+        generator's graph after its backward (stage 2 carries the memory's part of it into later windows)."""
         record: dict[str, float] = {}
         if update_generator:
             loss, parts = dmd_loss(x0, self.teacher, self.critic, cond, uncond, self.cfg, seed, step, indices)
-            loss.backward()
+            loss.backward(retain_graph=retain_graph)
             record["grad_norm"] = optimizer_step(self.generator_opt, self.generator_params, self.env, self.grad_clip)
             record["dmd_loss"] = mean_across_ranks(float(loss.detach()), self.env)
             record.update(parts)

@@ -13,7 +13,8 @@ With the global memory trained (stage 2) two more things keep their graph:
 - the memory write of an evicted chunk, which happens inside the chunk's *first* model call, is
   recomputed with gradients when that call ran under ``no_grad`` (``_rewrite_memory``), so the loss
   reaches the gate parameters through the state. The state and gates are float32.
-Everything carried to the next training window is detached (truncated BPTT, ``detach_state``).
+Between training windows ``detach_state`` cuts the graphs; stage 2 keeps the memory's and the cached gates' for
+a few windows (its ``memory_bptt_windows``), since a chunk is evicted windows after it is written.
 
 A prompt switch is LongLive's re-cache, as ``StreamSampler.switch_prompt_inplace`` does it: load the
 new prompt's cross-attention K/V, recompute the window's non-sink frames from their clean latents at
@@ -72,13 +73,21 @@ class SelfRollout:
         for offset in range(0, state.recent_latents.shape[2], chunk):
             latents = state.recent_latents[:, :, offset:offset + chunk]
             self._call(state, latents, self.config.sampling.context_timestep, state.recent_start + offset)
+        # The re-cached frames' gates were replaced in place, without a graph: drop the graph of the old ones.
+        for layer in branch.layers:
+            if layer.g is not None:
+                layer.g, layer.beta = layer.g.detach(), layer.beta.detach()
 
     @staticmethod
-    def detach_state(state: StreamState) -> None:
-        """Cut every graph the state carries (window gates, memory) before the next training window."""
+    def detach_state(state: StreamState, keep_memory_graph: bool = False) -> None:
+        """Cut the graphs the state carries before the next training window. ``keep_memory_graph`` keeps the
+        memory state's and the cached gates' (graphs to the memory parameters only, see ``WanSelfAttention``):
+        a chunk's gates are cached when it is written and used when it is evicted, windows later, so only a
+        graph carried that far lets the loss reach the write side (W_alpha, W_beta, A_log, the gate biases)."""
+        names = ("k", "v") if keep_memory_graph else ("k", "v", "g", "beta", "memory")
         for branch in state.branches.values():
             for layer in branch.layers:
-                for name in ("k", "v", "g", "beta", "memory"):
+                for name in names:
                     t = getattr(layer, name)
                     if t is not None:
                         setattr(layer, name, t.detach())
@@ -134,7 +143,9 @@ class SelfRollout:
             start = state.next_frame
             exit_step = int(exit_steps[i])
             with_grad = grads[i] and torch.is_grad_enabled()
-            memory_grad = with_grad and self._memory_trained(state)
+            # The memory's writes keep their graph whenever grad is on, even for a chunk whose output keeps none:
+            # later windows' losses reach the gates through them (stage 2's carried graph).
+            memory_grad = torch.is_grad_enabled() and self._memory_trained(state)
             device = self.model.device
             x = noise_fn(chunk_idx, 0).to(device)
             hw = tuple(x.shape[-2:])

@@ -4,7 +4,8 @@ Every rank carries a long rollout of its samples across training steps. Each ste
 window of ``latent_frames`` frames (``latent_frames / chunk`` chunks) on top of the carried state —
 sink, rolling window and global memory as they are after everything generated so far — and applies
 DMD to that window against the 5-second teacher, as LongLive's streaming long tuning does with the
-last 21 frames. The state is detached between windows (truncated BPTT); when a rollout has reached
+last 21 frames. The state is detached between windows (truncated BPTT), except the memory state and the
+cached gates, whose graph is carried ``memory_bptt_windows`` windows; when a rollout has reached
 ``rollout_frames`` a new one starts, so the student is trained at every depth of a long video, far
 beyond the stage-1 length.
 
@@ -14,7 +15,8 @@ the window after a switch is scored under the new prompt, so the student learns 
 the first chunk on while the sink and the memory still hold the old scene.
 
 Trained: the memory and router parameters at ``lr``, the rest of the student at ``lr * base_lr_scale``
-(0 freezes it). The memory gates get gradients through the eviction writes (see ``rollout.py``).
+(0 freezes it). The memory gates get gradients through the eviction writes (see ``rollout.py``), which happen
+windows after the gates are cached: hence the carried graph.
 The critic continues from stage 1's.
 """
 
@@ -55,6 +57,11 @@ class Stage2Config(DistillConfig):
     switch_prob: float = 0.5
     base_lr_scale: float = 0.3
     train_gates: bool = True
+    # Truncated BPTT of the memory: its state and the cached gates keep their graph across this many training windows
+    # (then, and at checkpoints, it is cut). A chunk is evicted (written into memory with its cached gates)
+    # (window_frames - sink_frames) / chunk_frames chunks after it is generated, later than a window's end, so with 1
+    # the write side never gets a gradient. The state is [B, H, D, D] per layer, its graph small.
+    memory_bptt_windows: int = 4
     same_exit_step: bool = True
 
 
@@ -67,6 +74,7 @@ class CarriedRollout:
     rollout_id: int  # the step that started it (keys its noise)
     chunks_done: int = 0
     switches: int = 0
+    graph_windows: int = 0  # windows the memory's carried graph spans
 
 
 def _memory_param(name: str) -> bool:
@@ -155,13 +163,24 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
         set_lr(gen_opt, lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio))
         set_lr(critic_opt, lr_at(step, cfg.steps, cfg.critic_lr, cfg.warmup, cfg.min_lr_ratio))
         window_start = state.next_frame
-        with torch.set_grad_enabled(update_generator), autocast(cfg.autocast, device):
-            x0 = rollout.run_chunks(state, window_chunks, noise, exits, grad=True)
-        record.update(dmd.step(x0, cond, uncond, cfg.seed, data_step, idx, update_generator))
+        checkpoint_due = cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0
+                                                   or step + 1 in (cfg.steps, cfg.stop_after))
+        # Carry the memory's graph on unless the horizon is reached or a checkpoint is due (a resumed run has none).
+        carried.graph_windows += 1
+        keep_graph = (cfg.train_gates and not cfg.fixed_batch and not checkpoint_due
+                      and carried.graph_windows < cfg.memory_bptt_windows)
+        # A critic-only window still writes the memory with grad when the graph is carried on: a later generator
+        # update reaches the gates through it. Its outputs keep no graph.
+        with torch.set_grad_enabled(update_generator or keep_graph), autocast(cfg.autocast, device):
+            x0 = rollout.run_chunks(state, window_chunks, noise, exits, grad=update_generator)
+        record.update(dmd.step(x0, cond, uncond, cfg.seed, data_step, idx, update_generator, retain_graph=keep_graph))
+        del x0  # the window's graph goes; only the memory's part stays, referenced by the carried state
         if update_generator:
             history["dmd"].append(record["dmd_loss"])
         history["critic"].append(record["critic_loss"])
-        SelfRollout.detach_state(state)  # truncated BPTT: nothing carried keeps a graph
+        SelfRollout.detach_state(state, keep_memory_graph=keep_graph)
+        if not keep_graph:
+            carried.graph_windows = 0
         carried.chunks_done += window_chunks
         norms = state.memory_norms()
         with torch.no_grad():
