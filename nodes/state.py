@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from comfy_api.latest import io, ui
-from PIL import Image, ImageDraw
 
 from ..videossm_core.config import SamplingConfig, StreamConfig
+from ..videossm_core.plot import plot_history
 from ..videossm_core.state import StateFileError, StreamState
 from ._files import OUTPUT_TAG, check_relative_name, output_path, resolve_state_file, state_file_choices
 from ._types import CATEGORY, VideoSSMModel, VideoSSMState
@@ -151,36 +150,6 @@ class VideoSSMLoadState(io.ComfyNode):
         return io.NodeOutput(state)
 
 
-def _plot(state: StreamState, width: int = 768, height: int = 480) -> np.ndarray:
-    """Router weight, per-layer memory norms and window occupancy per chunk, as an RGB image."""
-    img = Image.new("RGB", (width, height), (24, 24, 28))
-    draw = ImageDraw.Draw(img)
-    history = state.history
-    panels = [("router weight gamma (per layer)", [h.get("gamma", []) for h in history]),
-              ("memory norm (per layer)", [h.get("memory_norm", []) for h in history]),
-              ("window occupancy (latent frames)", [[h.get("window", 0)] for h in history])]
-    colours = [(230, 90, 80), (90, 180, 230), (120, 210, 120), (230, 200, 90), (190, 120, 230), (240, 150, 60)]
-    ph = height // len(panels)
-    for p, (title, rows) in enumerate(panels):
-        top, left, right, bottom = p * ph + 22, 50, width - 12, (p + 1) * ph - 12
-        draw.rectangle([left, top, right, bottom], outline=(90, 90, 100))
-        draw.text((left, top - 16), title, fill=(220, 220, 220))
-        series = list(zip(*rows)) if rows and all(rows) else []
-        values = [v for s in series for v in s]
-        if not values:
-            draw.text((left + 8, top + 8), "no data yet (generate some chunks)", fill=(150, 150, 150))
-            continue
-        lo, hi = min(0.0, min(values)), max(values) or 1.0
-        draw.text((4, top), f"{hi:.3g}", fill=(160, 160, 160))
-        draw.text((4, bottom - 10), f"{lo:.3g}", fill=(160, 160, 160))
-        n = len(rows)
-        for i, s in enumerate(series):
-            pts = [(left + (right - left) * (j / max(1, n - 1)), bottom - (bottom - top) * (v - lo) / (hi - lo or 1))
-                   for j, v in enumerate(s)]
-            draw.line(pts if len(pts) > 1 else pts * 2, fill=colours[i % len(colours)], width=2)
-    return np.asarray(img, dtype=np.float32) / 255.0
-
-
 class VideoSSMInspectState(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -188,14 +157,15 @@ class VideoSSMInspectState(io.ComfyNode):
             node_id="VideoSSMInspectState",
             display_name="VideoSSM Inspect State",
             category=CATEGORY,
-            description="Plots the router weight, per-layer memory norms and window occupancy over the stream's "
-                        "chunks, and summarises the state.",
+            description="Plots the router weight, per-layer memory norms, how much the memory's read adds to each "
+                        "layer's attention output, and window occupancy over the stream's chunks, and summarises the "
+                        "state.",
             inputs=[VideoSSMState.Input("state", tooltip="The stream to look into (e.g. the sampler's state output).")],
             outputs=[io.Image.Output(display_name="plot"), io.String.Output(display_name="summary")],
         )
 
     @classmethod
     def execute(cls, state) -> io.NodeOutput:
-        plot = torch.from_numpy(_plot(state))[None]
+        plot = torch.from_numpy(plot_history(state))[None]
         summary = state.summary()
         return io.NodeOutput(plot, summary, ui=ui.PreviewText(summary))

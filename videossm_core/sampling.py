@@ -218,20 +218,27 @@ class StreamSampler:
             self._log_chunk(state, start // chunk, start)
 
     def _log_chunk(self, state: StreamState, chunk_idx: int, start: int) -> None:
-        # Router weights and memory norms come off the device in one transfer, after the chunk.
+        # Memory norms, router weights and the read's share come off the device in one transfer, after the chunk.
         layers = state.branches["cond"].layers
-        norms = [torch.zeros((), device=self.model.device) if layer.memory is None
-                 else layer.memory.detach().norm().to(self.model.device) for layer in layers]
+        zero = torch.zeros((), device=self.model.device)
+        norms = [zero if layer.memory is None else layer.memory.detach().norm().to(self.model.device)
+                 for layer in layers]
         values = torch.stack(norms)
         if state.memory_active:
-            values = torch.cat([values, self.model.router_gamma_tensor(start, self.model.router_horizon(state.stream))])
+            # The share at the chunk's last call (its clean pass): ||gamma H_global|| / ||H_local|| per layer.
+            shares = torch.stack([zero if layer.read_share is None else layer.read_share.to(self.model.device)
+                                  for layer in layers])
+            values = torch.cat([values, self.model.router_gamma_tensor(start, self.model.router_horizon(state.stream)),
+                                shares])
         values = values.tolist()
+        n = len(layers)
         state.history.append({
             "chunk": chunk_idx,
             "frame": start,
             "segment": state.segment_index,
-            "gamma": [round(g, 6) for g in values[len(layers):]],
-            "memory_norm": [round(n, 6) for n in values[:len(layers)]],
+            "gamma": [round(g, 6) for g in values[n:2 * n]],
+            "memory_norm": [round(v, 6) for v in values[:n]],
+            "read_share": [round(v, 6) for v in values[2 * n:]],
             "window": state.window_occupancy(),
         })
         if len(state.history) > 4096:  # constant memory: keep the recent past only

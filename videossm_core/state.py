@@ -79,6 +79,9 @@ class LayerCache:
     memory: Tensor | None = None  # [B, H, D, D] float32 global memory
     text_k: Tensor | None = None  # [B, L, H, D] cross-attention keys of the current prompt
     text_v: Tensor | None = None
+    # ||gamma H_global|| / ||H_local|| of the block's last call: how much the memory's read adds to the window's
+    # attention output. A 0-dim float32 tensor left on the device for the chunk history; not saved.
+    read_share: Tensor | None = None
 
     TENSOR_FIELDS = ("k", "v", "g", "beta", "memory", "text_k", "text_v")
 

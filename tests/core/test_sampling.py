@@ -203,3 +203,45 @@ def test_failed_state_write_keeps_the_previous_file(tmp_path):
     assert path.read_bytes() == before
     assert not os.path.exists(f"{path}.partial")
     assert json.loads(__import__("safetensors").safe_open(str(path), "pt").metadata()["videossm"])["next_frame"] == 3
+
+
+def test_history_records_the_memory_reads_share():
+    """Per chunk and layer, ||gamma H_global|| / ||H_local||: exactly 0 for a fresh memory (its out-gate is zero) and
+    before anything is evicted, > 0 in every layer once an active memory holds evicted frames."""
+    shares = {}
+    for active in (False, True):
+        model = make_tiny_model(active_memory=active)
+        state = StreamState.new(model.config, StreamConfig(), SamplingConfig())
+        _run(model, state, _segments(), 6)  # chunks 4 and 5 evict
+        shares[active] = [h["read_share"] for h in state.history]
+        assert all(len(s) == model.config.num_layers for s in shares[active])
+    assert all(v == 0 for s in shares[False] for v in s)
+    assert all(v == 0 for s in shares[True][:4] for v in s)  # the memory is still empty
+    assert all(v > 0 for s in shares[True][4:] for v in s)
+    off = make_tiny_model(active_memory=True)
+    state = StreamState.new(off.config, StreamConfig(memory=False), SamplingConfig())
+    _run(off, state, _segments(), 2)
+    assert all(h["read_share"] == [] for h in state.history)  # memory off: nothing to share, like gamma
+
+
+def test_inspect_plot_draws_the_read_share():
+    """The Inspect State picture has a read-share panel (the third of four): lines once the history has shares,
+    "no data" for a history from before they were recorded."""
+    import numpy as np
+
+    from videossm_core.plot import COLOURS, plot_history
+
+    model = make_tiny_model(active_memory=True)
+    state = StreamState.new(model.config, StreamConfig(), SamplingConfig())
+    _run(model, state, _segments(), 6)
+    height = 480
+    panel = slice(2 * height // 4 + 22, 3 * height // 4 - 12)  # inside the third panel's frame
+
+    def layer_pixels(image):
+        rgb = np.rint(image[panel] * 255).astype(int)
+        return sum(int((rgb == colour).all(-1).sum()) for colour in COLOURS[:model.config.num_layers])
+
+    assert layer_pixels(plot_history(state, height=height)) > 0
+    for h in state.history:
+        del h["read_share"]
+    assert layer_pixels(plot_history(state, height=height)) == 0

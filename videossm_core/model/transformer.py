@@ -130,7 +130,9 @@ class SelfAttention(_Projections):
         values = torch.cat([cache.v[:, read], v], dim=1)
         out = attention(apply_rope(q, plan.query_cos, plan.query_sin), keys, values)
         if use_memory:
-            out = out.float() + self.memory.read(cache.memory, q, x, gamma_per_token)
+            local, read = out.float(), self.memory.read(cache.memory, q, x, gamma_per_token)
+            cache.read_share = read.detach().norm() / local.detach().norm().clamp_min(1e-12)  # stays on the device
+            out = local + read
         return self.o(out.to(x.dtype).flatten(-2))
 
 
