@@ -564,6 +564,16 @@ const extension = {
       c.chunkTimes = [];
       c.setPlayhead(null);
     }));
+    // Cancel: the playhead must not stay frozen; say where the saved video stops instead
+    api.addEventListener("videossm.stopped", (event) => {
+      const d = event.detail ?? {};
+      for (const c of timelinesFor(String(d.node ?? ""))) {
+        const at = Number.isFinite(d.seconds) ? formatTime(Math.round(d.seconds * 100) / 100) : "?";
+        c.warnings.sampler = `cancelled at ${at}: the video and state so far are saved (see the sampler)`;
+        c.setPlayhead(null);
+      }
+    });
+    api.addEventListener("execution_error", () => live.forEach((c) => c.setPlayhead(null)));
   },
 
   beforeRegisterNodeDef(nodeType, nodeData) {

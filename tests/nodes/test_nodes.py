@@ -532,6 +532,13 @@ def test_interrupt_keeps_partial_video_and_state_then_continue(comfy):
     assert read_mp4(mp4s[0]).shape[0] == video_frames(done), "the partial mp4 must hold every finished chunk"
     assert state.video["frames"] == video_frames(done)  # the state knows what its video holds
     first_bytes = mp4s[0].read_bytes()
+    # the browser is told which partial video and state to show (ComfyUI sends no `executed` on Cancel)
+    stopped = run.of_type("videossm.stopped")
+    assert stopped == [{"node": "4", "video": {"filename": mp4s[0].name, "subfolder": "videossm", "type": "output"},
+                        "seconds": video_frames(done) / 16, "state_file": f"{states[0].name} [output]",
+                        "state_path": f"videossm/{states[0].name}"}], stopped
+    # and Load State's list, fetched again by the page, offers that state at once
+    assert f"{states[0].name} [output]" in comfy.get_json("/videossm/states")
 
     # the rest of the video from that state, loaded from output/ (" [output]")
     rest_seconds = 12 * (total - done) / 16
