@@ -492,7 +492,8 @@ function timelinesFor(id) {
   const direct = all.filter(same);
   if (direct.length) return direct;
   const graph = app.graph;
-  const start = graph?.getNodeById?.(Number(id.split(":").pop()));
+  const key = id.split(":").pop(); // ids are numbers in frontend 1.32, strings in some later graphs
+  const start = graph?.getNodeById?.(key) ?? graph?.getNodeById?.(Number(key));
   const found = new Set();
   const seen = new Set();
   const stack = start ? [start] : [];

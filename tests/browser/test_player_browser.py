@@ -36,7 +36,7 @@ PLAYER_JS = """(id) => {
           src: video.getAttribute('src') || '', ready: video.readyState, error: video.error && video.error.code,
           loop: video.loop, width: r.width, height: r.height, duration: video.duration,
           builtin: (node.widgets || []).filter(w => w.name === 'video-preview' || w.name === '$$canvas-image-preview').length,
-          saved: app.graph.serialize().nodes.find(n => n.id === id).widgets_values};
+          saved: app.graph.serialize().nodes.find(n => String(n.id) === String(id)).widgets_values};
 }"""
 
 # a Load State node added the way a user adds one (not part of what runs: nothing links from it)
