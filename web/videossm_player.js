@@ -21,7 +21,8 @@ const PLAYER_HEIGHT = 240;
 const players = new Set();
 
 const CSS = `
-.vssm-player { box-sizing: border-box; width: 100%; height: 100%; display: flex; flex-direction: column;
+.vssm-player { box-sizing: border-box; width: 100%; height: 100%; min-height: ${PLAYER_HEIGHT - 20}px;
+  display: flex; flex-direction: column;
   gap: 2px; padding: 2px; font: 11px sans-serif; color: var(--input-text, #ddd); overflow: hidden; }
 .vssm-player-media { position: relative; flex: 1 1 auto; min-height: 60px; background: #000; border-radius: 3px; }
 .vssm-player-media > * { position: absolute; inset: 0; width: 100%; height: 100%; object-fit: contain; }

@@ -1,15 +1,15 @@
 """The timeline and the sampler's player on a newer frontend: comfyui-frontend-package 1.58.1 served by
 ComfyUI 0.3.75 (``--front-end-root``), with Nodes 2.0 (``Comfy.VueNodes.Enabled``) off and on.
 
-The wheel is not a dependency (ComfyUI 0.3.75 pins 1.32.9): ``pip download --no-deps
-comfyui-frontend-package==1.58.1 -d .frontends`` and unzip it into ``.frontends/fe-1.58.1`` (ignored by
-git); without it these tests fail and say so. Each renderer gets its own server (the setting is read
+The wheel is not a dependency (ComfyUI 0.3.75 pins 1.32.9): scripts/install_comfyui.sh downloads it and
+unpacks it into ``.frontends/fe-1.58.1`` (ignored by git); without it these tests fail and say so. Each renderer gets its own server (the setting is read
 at boot). Screenshots go to test-artifacts/ with the frontend and renderer in their names.
 """
 from __future__ import annotations
 
 import pytest
 
+from tests.browser import test_player_browser as player
 from tests.browser import test_timeline_browser as timeline
 from tests.comfy_server import REPO_ROOT, ComfyServer
 
@@ -70,3 +70,23 @@ def test_new_frontend_timeline_renders_drags_and_serialises(browser_page, browse
     assert not bp.aborted + [u for u in bp.blocked if not u.startswith("https://huggingface.co/")], \
         (bp.aborted, bp.blocked)
 
+
+
+def test_new_frontend_sampler_player(browser_page, browser_server, request):
+    """The sampler's player, live preview, Cancel and Load State's list (test_player_browser) on 1.58.1."""
+    bp = browser_page
+    renderer = request.node.callspec.id
+    original = bp.assert_clean
+    bp.assert_clean = lambda allow=(): None
+    try:
+        player.test_sampler_plays_this_runs_video_and_a_cancel_shows_the_partial_one(bp, browser_server)
+    finally:
+        bp.assert_clean = original
+    bp.screenshot(f"frontend-{NEW_FRONTEND}-{renderer}-player")
+    if renderer == "nodes2":
+        # Known, not fixed: a Nodes 2.0 node draws its own preview below the player (it reads the node's
+        # outputs and live previews from the frontend's store, which onDrawBackground does not reach); it
+        # loads the last live-preview JPEG blob into a <video> ("Video failed to load", and the page's CSP
+        # logs "Loading media from 'blob:...'"). Strict: this fails once that preview is gone.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="Nodes 2.0's own preview under the player"))
+    assert not bp.unexpected_errors(NEW_FRONTEND_CONSOLE), bp.unexpected_errors(NEW_FRONTEND_CONSOLE)
