@@ -14,7 +14,8 @@ from comfy_api.input_impl import VideoFromFile
 from comfy_api.latest import io, ui
 from PIL import Image
 
-from ..videossm_core.generate import DEFAULT_CHECKPOINT_SECONDS, generate_video, prefill_from_frames, stream_video_frames
+from ..videossm_core.generate import (DEFAULT_CHECKPOINT_SECONDS, generate_video, prefill_from_frames,
+                                      stream_video_frames)
 from ..videossm_core.schedule import ScheduleError, format_time
 from ..videossm_core.vae import vae_from_state_dict
 from ..videossm_core.video_io import VideoFileError, copy_mp4_prefix

@@ -1,9 +1,9 @@
-"""The timeline and the sampler's player on a newer frontend: comfyui-frontend-package 1.58.1 served by
-ComfyUI 0.3.75 (``--front-end-root``), with Nodes 2.0 (``Comfy.VueNodes.Enabled``) off and on.
+"""The timeline and the sampler's player on a newer frontend: comfyui-frontend-package 1.58.1 served
+by ComfyUI 0.3.75 (``--front-end-root``), with Nodes 2.0 (``Comfy.VueNodes.Enabled``) off and on.
 
 The wheel is not a dependency (ComfyUI 0.3.75 pins 1.32.9): scripts/install_comfyui.sh downloads it and
-unpacks it into ``.frontends/fe-1.58.1`` (ignored by git); without it these tests fail and say so. Each renderer gets its own server (the setting is read
-at boot). Screenshots go to test-artifacts/ with the frontend and renderer in their names.
+unpacks it into ``.frontends/fe-1.58.1`` (ignored by git); without it these tests fail and say so.
+Each renderer gets its own server (the setting is read at boot). Screenshots go to test-artifacts/ with the frontend and renderer in their names.
 """
 from __future__ import annotations
 

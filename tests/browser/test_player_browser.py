@@ -32,10 +32,12 @@ PLAYER_JS = """(id) => {
   const video = root.querySelector('.vssm-player-video');
   const r = video.getBoundingClientRect();
   const node = app.graph.getNodeById(id);
-  return {mode: root.dataset.mode, stopped: !!root.dataset.stopped, note: root.querySelector('.vssm-player-note').textContent,
+  return {mode: root.dataset.mode, stopped: !!root.dataset.stopped,
+          note: root.querySelector('.vssm-player-note').textContent,
           src: video.getAttribute('src') || '', ready: video.readyState, error: video.error && video.error.code,
           loop: video.loop, width: r.width, height: r.height, duration: video.duration,
-          builtin: (node.widgets || []).filter(w => w.name === 'video-preview' || w.name === '$$canvas-image-preview').length,
+          builtin: (node.widgets || []).filter(w => ['video-preview', '$$canvas-image-preview'].includes(w.name))
+            .length,
           saved: app.graph.serialize().nodes.find(n => String(n.id) === String(id)).widgets_values};
 }"""
 
