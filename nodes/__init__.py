@@ -8,7 +8,7 @@ from typing_extensions import override
 from .loaders import VideoSSMModelLoader
 from .sampler import VideoSSMContinueFromClip, VideoSSMSampler
 from .schedule import VideoSSMPromptSchedule
-from .state import VideoSSMInspectState, VideoSSMLoadState, VideoSSMNewStream, VideoSSMSaveState
+from .state import VideoSSMInspectState, VideoSSMLoadState, VideoSSMNewStream, VideoSSMSaveState, add_routes
 
 NODES: list[type[io.ComfyNode]] = [
     VideoSSMModelLoader,
@@ -25,4 +25,5 @@ NODES: list[type[io.ComfyNode]] = [
 class VideoSSMExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        add_routes()  # here, not in on_load: ComfyUI 0.3.75 never calls on_load
         return NODES

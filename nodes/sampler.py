@@ -14,7 +14,8 @@ from comfy_api.input_impl import VideoFromFile
 from comfy_api.latest import io, ui
 from PIL import Image
 
-from ..videossm_core.generate import DEFAULT_CHECKPOINT_SECONDS, generate_video, prefill_from_frames, stream_video_frames
+from ..videossm_core.generate import (DEFAULT_CHECKPOINT_SECONDS, generate_video, prefill_from_frames,
+                                      stream_video_frames)
 from ..videossm_core.schedule import ScheduleError, format_time
 from ..videossm_core.vae import vae_from_state_dict
 from ..videossm_core.video_io import VideoFileError, copy_mp4_prefix
@@ -60,15 +61,33 @@ def continue_stream_video(state, video_path: str) -> bool:
     return True
 
 
-def _send_chunk_event(node_id, event, fps: int) -> None:
+def _send(kind: str, data: dict) -> None:
     try:
         from server import PromptServer
 
-        PromptServer.instance.send_sync("videossm.chunk", {
-            "node": node_id, "chunk": event.chunk, "done": event.done, "total": event.total,
-            "seconds": event.frames_written / fps, "prompt": event.prompt}, PromptServer.instance.client_id)
+        PromptServer.instance.send_sync(kind, data, PromptServer.instance.client_id)
     except Exception:  # a UI nicety; generation must not fail because no browser listens
         pass
+
+
+def _send_chunk_event(node_id, event, fps: int) -> None:
+    _send("videossm.chunk", {
+        "node": node_id, "chunk": event.chunk, "done": event.done, "total": event.total,
+        "seconds": event.frames_written / fps, "prompt": event.prompt})
+
+
+def _send_stopped_event(node_id, video_path: str, subfolder: str, filename: str, state_path: str,
+                        seconds: float) -> None:
+    """Cancel: ComfyUI sends no `executed` for an interrupted node, so the browser would show no video.
+    Name the partial mp4 and the state that continues it (both closed and consistent by now)."""
+    if not os.path.isfile(video_path):
+        return
+    name = os.path.basename(state_path)
+    state = (f"{name}{OUTPUT_TAG}" if subfolder == STATE_FOLDER else None) if os.path.isfile(state_path) else None
+    _send("videossm.stopped", {
+        "node": node_id, "video": {"filename": filename, "subfolder": subfolder, "type": "output"},
+        "seconds": seconds, "state_file": state,
+        "state_path": f"{subfolder}/{name}" if os.path.isfile(state_path) else None})
 
 
 class VideoSSMSampler(io.ComfyNode):
@@ -170,6 +189,7 @@ class VideoSSMSampler(io.ComfyNode):
                                 append_video=appended)
         pbar = None
         last = None
+        interrupted = False
         try:
             for event in events:
                 if pbar is None:
@@ -180,6 +200,9 @@ class VideoSSMSampler(io.ComfyNode):
                 pbar.update_absolute(event.done, event.total, ("JPEG", preview, 512))
                 _send_chunk_event(cls.hidden.unique_id, event, model.fps)
                 comfy.model_management.throw_exception_if_processing_interrupted()
+        except comfy.model_management.InterruptProcessingException:
+            interrupted = True
+            raise
         except ScheduleError as err:
             raise ValueError(f"prompt schedule, {err}") from None
         except OSError as err:  # e.g. a full disk: the saved state continues the stream, say how
@@ -192,6 +215,9 @@ class VideoSSMSampler(io.ComfyNode):
                                      f"the last saved chunk), {how} into this sampler and queue it again") from err
         finally:
             events.close()  # closes the mp4 and keeps the state of every finished chunk
+            if interrupted:
+                done = last.frames_written / model.fps if last is not None else 0.0
+                _send_stopped_event(cls.hidden.unique_id, video_path, subfolder, filename, state_path, done)
         out_state = last.state
         recent = out_state.recent_latents if out_state.recent_latents is not None else last.latents
         latent = {"samples": wan_vae.denormalize(recent.to(wan_vae.device)).float().cpu()}

@@ -12,6 +12,26 @@ from ._files import OUTPUT_TAG, check_relative_name, output_path, resolve_state_
 from ._types import CATEGORY, VideoSSMModel, VideoSSMState
 
 
+STATES_ROUTE = "/videossm/states"
+_routes_added = False
+
+
+def add_routes() -> None:
+    """GET /videossm/states: the Load State list as it is now. The frontend reads a combo's options once
+    per page load, so without this a state written by a run (or Cancel) is not offered until a reload."""
+    global _routes_added
+    if _routes_added:
+        return
+    from aiohttp import web
+    from server import PromptServer
+
+    @PromptServer.instance.routes.get(STATES_ROUTE)
+    async def list_states(request):
+        return web.json_response(state_file_choices())
+
+    _routes_added = True
+
+
 class VideoSSMNewStream(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:

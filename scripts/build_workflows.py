@@ -101,7 +101,9 @@ NOTES: dict[str, str] = {
         "Put a `.state.safetensors` file (written next to every video in `output/videossm/`) into "
         "`input/videossm/` as `demo_stream.state.safetensors`, or pick any state in the list "
         "(`[output]` entries are read from `output/videossm/`). The sampler continues that video "
-        "seamlessly with the new prompt; schedule times count from where the stream stopped."),
+        "seamlessly with the new prompt, into one video; schedule times count from where the stream "
+        "stopped.\n\nThe sampler saves this stream's new state next to its video (listed as "
+        "`[output]`): pick it in Load State to continue again; no Save State is needed."),
 }
 
 # nodes whose content needs more than their default size: the plot preview shows the 768x480 plot

@@ -12,7 +12,10 @@
 #      crash on import against a CPU torch; ComfyUI imports torchvision at start-up);
 #   5. optionally (default on) installs torchaudio 2.11.0 in pure-python mode so the built-in
 #      audio nodes import;
-#   6. verifies torch is still a +cpu build and that no nvidia-* wheel got installed.
+#   6. verifies torch is still a +cpu build and that no nvidia-* wheel got installed;
+#   7. downloads the newer frontend comfyui-frontend-package==1.58.1 (not installed: unpacked into
+#      <repo>/.frontends/fe-1.58.1, which tests/browser/test_frontends_browser.py serves with
+#      --front-end-root).
 #
 # Env knobs:
 #   PYTHON=python3                  interpreter whose environment receives the packages
@@ -190,4 +193,14 @@ print(f"python {sys.executable} | torch {torch.__version__} | torchvision {torch
       f" | ComfyUI at {sys.argv[1]}")
 sys.exit(0 if ok else 1)
 EOF
+# ------------------------------------------------------------------ 7. newer frontend (browser tests)
+FE_VERSION=1.58.1
+FE_DIR="$REPO/.frontends/fe-$FE_VERSION"
+if [ ! -f "$FE_DIR/comfyui_frontend_package/static/index.html" ]; then
+  step "frontend $FE_VERSION into $FE_DIR (for test_frontends_browser.py)"
+  "$PY" -m pip download --disable-pip-version-check --no-deps -q "comfyui-frontend-package==$FE_VERSION" \
+    -d "$REPO/.frontends"
+  mkdir -p "$FE_DIR"
+  "$PY" -m zipfile -e "$REPO/.frontends/comfyui_frontend_package-$FE_VERSION-py3-none-any.whl" "$FE_DIR"
+fi
 step "done"

@@ -492,7 +492,8 @@ function timelinesFor(id) {
   const direct = all.filter(same);
   if (direct.length) return direct;
   const graph = app.graph;
-  const start = graph?.getNodeById?.(Number(id.split(":").pop()));
+  const key = id.split(":").pop(); // ids are numbers in frontend 1.32, strings in some later graphs
+  const start = graph?.getNodeById?.(key) ?? graph?.getNodeById?.(Number(key));
   const found = new Set();
   const seen = new Set();
   const stack = start ? [start] : [];
@@ -564,6 +565,16 @@ const extension = {
       c.chunkTimes = [];
       c.setPlayhead(null);
     }));
+    // Cancel: the playhead must not stay frozen; say where the saved video stops instead
+    api.addEventListener("videossm.stopped", (event) => {
+      const d = event.detail ?? {};
+      for (const c of timelinesFor(String(d.node ?? ""))) {
+        const at = Number.isFinite(d.seconds) ? formatTime(Math.round(d.seconds * 100) / 100) : "?";
+        c.warnings.sampler = `cancelled at ${at}: the video and state so far are saved (see the sampler)`;
+        c.setPlayhead(null);
+      }
+    });
+    api.addEventListener("execution_error", () => live.forEach((c) => c.setPlayhead(null)));
   },
 
   beforeRegisterNodeDef(nodeType, nodeData) {

@@ -37,7 +37,7 @@ TIMELINE_JS = """(id) => {
 PROMPT_SCHEDULE_JS = """async (id) => {
   const p = await app.graphToPrompt();
   return {prompt: p.output[String(id)].inputs.schedule,
-          saved: p.workflow.nodes.find(n => n.id === id).widgets_values[0]};
+          saved: p.workflow.nodes.find(n => String(n.id) === String(id)).widgets_values[0]};
 }"""
 
 

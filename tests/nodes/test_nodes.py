@@ -348,7 +348,8 @@ def test_templates_have_api_sources_and_say_what_they_do():
     assert cont[one(cont, "VideoSSMLoadState")]["inputs"]["state_file"] == CONTINUE_STATE_NAME
     assert cont[one(cont, "VideoSSMSampler")]["inputs"]["state"] == [one(cont, "VideoSSMLoadState"), 0]
     assert len(parse_schedule(cont[one(cont, "VideoSSMPromptSchedule")]["inputs"]["schedule"]).entries) == 1
-    assert cont[one(cont, "VideoSSMSaveState")]["inputs"]["state"] == [one(cont, "VideoSSMSampler"), 0]
+    # the sampler writes the stream's state next to its video: a Save State would write a second, identical one
+    assert not [n for n in cont.values() if n["class_type"] == "VideoSSMSaveState"]
 
 
 def test_ui_templates_fixed_seeds_and_model_metadata():
@@ -476,10 +477,9 @@ def test_continue_template_continues_a_saved_state(comfy, demo_run):
     assert after.video["frames"] == video_frames(3) + 12 * n
     assert after.next_frame == before.next_frame + 3 * n
     assert after.prompt == "a green ring zigzagging on a gradient background"
-    text = run.outputs[one(graph, "VideoSSMSaveState")]["text"][0]
-    assert text.startswith("saved videossm/demo_continued_state_") and text.split("\n")[0].endswith(" [output]")
-    saved = comfy.output_dir / "videossm" / text.split("\n")[0][len("saved videossm/"):-len(" [output]")]
-    assert load_state(saved).next_frame == after.next_frame
+    # the one state this run wrote is the sampler's own, next to its video (no duplicate from a Save State)
+    assert sorted(p.name for p in (comfy.output_dir / "videossm").glob("demo_continued*.safetensors")) == \
+        [state_path.name]
     assert load_state(comfy.input_dir / "videossm" / CONTINUE_STATE_NAME).next_frame == before.next_frame
 
 
@@ -532,6 +532,13 @@ def test_interrupt_keeps_partial_video_and_state_then_continue(comfy):
     assert read_mp4(mp4s[0]).shape[0] == video_frames(done), "the partial mp4 must hold every finished chunk"
     assert state.video["frames"] == video_frames(done)  # the state knows what its video holds
     first_bytes = mp4s[0].read_bytes()
+    # the browser is told which partial video and state to show (ComfyUI sends no `executed` on Cancel)
+    stopped = run.of_type("videossm.stopped")
+    assert stopped == [{"node": "4", "video": {"filename": mp4s[0].name, "subfolder": "videossm", "type": "output"},
+                        "seconds": video_frames(done) / 16, "state_file": f"{states[0].name} [output]",
+                        "state_path": f"videossm/{states[0].name}"}], stopped
+    # and Load State's list, fetched again by the page, offers that state at once
+    assert f"{states[0].name} [output]" in comfy.get_json("/videossm/states")
 
     # the rest of the video from that state, loaded from output/ (" [output]")
     rest_seconds = 12 * (total - done) / 16

@@ -1,0 +1,92 @@
+"""The timeline and the sampler's player on a newer frontend: comfyui-frontend-package 1.58.1 served
+by ComfyUI 0.3.75 (``--front-end-root``), with Nodes 2.0 (``Comfy.VueNodes.Enabled``) off and on.
+
+The wheel is not a dependency (ComfyUI 0.3.75 pins 1.32.9): scripts/install_comfyui.sh downloads it and
+unpacks it into ``.frontends/fe-1.58.1`` (ignored by git); without it these tests fail and say so.
+Each renderer gets its own server (the setting is read at boot). Screenshots go to test-artifacts/ with the frontend and renderer in their names.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.browser import test_player_browser as player
+from tests.browser import test_timeline_browser as timeline
+from tests.comfy_server import REPO_ROOT, ComfyServer
+
+NEW_FRONTEND = "1.58.1"
+NEW_FRONTEND_ROOT = REPO_ROOT / ".frontends" / f"fe-{NEW_FRONTEND}" / "comfyui_frontend_package" / "static"
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["litegraph", "nodes2"])
+def browser_server(request):
+    if not (NEW_FRONTEND_ROOT / "index.html").is_file():
+        pytest.fail(f"frontend {NEW_FRONTEND} not found at {NEW_FRONTEND_ROOT}: pip download --no-deps "
+                    f"comfyui-frontend-package=={NEW_FRONTEND} -d .frontends, then unzip it into "
+                    f".frontends/fe-{NEW_FRONTEND}")
+    server = ComfyServer(label=f"fe{NEW_FRONTEND}-{request.param_index}", extra_args=[
+        "--front-end-root", str(NEW_FRONTEND_ROOT)], settings={
+            "Comfy.InstalledVersion": NEW_FRONTEND, "Comfy.VueNodes.Enabled": request.param})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# What 1.58.1 itself logs against the 0.3.75 backend (not this pack's doing):
+NEW_FRONTEND_CONSOLE = (
+    # its queue and history panels use GET /api/jobs, which ComfyUI 0.3.75 does not have (404)
+    "Failed to fetch jobs: 404",
+    # its default graph (a Z-Image Turbo template) asks huggingface.co about the model files it lacks;
+    # the server's CSP blocks that (and the test's route would abort it)
+    "https://huggingface.co/",
+)
+
+
+def test_new_frontend_timeline_renders_drags_and_serialises(browser_page, browser_server, request):
+    bp = browser_page
+    renderer = request.node.callspec.id
+    assert bp.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == NEW_FRONTEND
+    vue = bp.evaluate("() => app.extensionManager.setting.get('Comfy.VueNodes.Enabled')")
+    assert vue is (renderer == "nodes2")
+
+    # the same checks as on 1.32.9: rendered, dragged with the mouse, serialised into the API prompt
+    original = bp.assert_clean
+    bp.assert_clean = lambda allow=(): None  # checked below, with this frontend's own noise allowed
+    try:
+        timeline.test_timeline_renders_and_a_mouse_drag_retimes_the_prompt(bp)
+    finally:
+        bp.assert_clean = original
+    # Nodes 2.0 draws nodes as DOM elements: the timeline must sit inside the schedule node's element
+    inside = bp.evaluate("""() => {
+      const tl = document.querySelector('.vssm-tl');
+      const node = tl && tl.closest('[data-node-id]');
+      return node ? node.getAttribute('data-node-id') : null;
+    }""")
+    schedule = bp.evaluate("() => String(app.graph.nodes.find(n => n.type === 'VideoSSMPromptSchedule').id)")
+    assert (inside == schedule) if vue else inside is None, (vue, inside)
+    bp.screenshot(f"frontend-{NEW_FRONTEND}-{renderer}-timeline")
+    assert not bp.unexpected_errors(NEW_FRONTEND_CONSOLE), bp.unexpected_errors(NEW_FRONTEND_CONSOLE)
+    assert not bp.aborted + [u for u in bp.blocked if not u.startswith("https://huggingface.co/")], \
+        (bp.aborted, bp.blocked)
+
+
+
+def test_new_frontend_sampler_player(browser_page, browser_server, request):
+    """The sampler's player, live preview, Cancel and Load State's list (test_player_browser) on 1.58.1."""
+    bp = browser_page
+    renderer = request.node.callspec.id
+    original = bp.assert_clean
+    bp.assert_clean = lambda allow=(): None
+    try:
+        player.test_sampler_plays_this_runs_video_and_a_cancel_shows_the_partial_one(bp, browser_server)
+    finally:
+        bp.assert_clean = original
+    bp.screenshot(f"frontend-{NEW_FRONTEND}-{renderer}-player")
+    if renderer == "nodes2":
+        # Known, not fixed: a Nodes 2.0 node draws its own preview below the player (it reads the node's
+        # outputs and live previews from the frontend's store, which onDrawBackground does not reach); it
+        # loads the last live-preview JPEG blob into a <video> ("Video failed to load", and the page's CSP
+        # logs "Loading media from 'blob:...'"). Strict: this fails once that preview is gone.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="Nodes 2.0's own preview under the player"))
+    assert not bp.unexpected_errors(NEW_FRONTEND_CONSOLE), bp.unexpected_errors(NEW_FRONTEND_CONSOLE)
