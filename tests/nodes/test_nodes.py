@@ -423,7 +423,6 @@ def test_demo_template_matches_bundled_model():
     meta = read_generator_metadata(DEMO_DIR / GENERATOR_FILE)
     demo = json.loads(meta.get(META_DEMO, "{}"))
     height, width = demo.get("resolution", [64, 64])
-    fps = demo.get("fps", 16)
     stream = StreamConfig.from_dict(json.loads(meta[META_STREAM])) if META_STREAM in meta else DEFAULT_STREAM
     api = load_api(DEMO_TEMPLATE)
     sampler = api[one(api, "VideoSSMSampler")]["inputs"]
