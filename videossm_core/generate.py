@@ -117,7 +117,7 @@ def stream_video_frames(state: StreamState) -> int:
     frames = state.video.get("frames")
     if isinstance(frames, int) and not isinstance(frames, bool) and frames >= 0:
         return frames
-    return 0 if state.next_frame == 0 else 1 + 4 * (state.next_frame - 1)
+    return state.video_frames
 
 
 def reconcile_video(state: StreamState, video_path: str | os.PathLike) -> int:

@@ -146,6 +146,11 @@ class StreamState:
         return self.next_frame // self.stream.chunk_frames
 
     @property
+    def video_frames(self) -> int:
+        """Video frames the latent frames made so far decode to (the first latent frame gives 1, each later 4)."""
+        return 0 if self.next_frame == 0 else 1 + 4 * (self.next_frame - 1)
+
+    @property
     def memory_active(self) -> bool:
         return self.stream.memory and self.model_config.memory.enabled and not self.stream.full_cache
 
@@ -187,7 +192,7 @@ class StreamState:
 
     def summary(self) -> str:
         fps = 16
-        video_frames = 0 if self.next_frame == 0 else 1 + 4 * (self.next_frame - 1)
+        video_frames = self.video_frames
         lines = [
             f"frames generated: {self.next_frame} latent = {video_frames} video frames ({video_frames / fps:.2f} s)",
             f"chunks: {self.chunk_index}; prompt segment {self.segment_index}: {self.prompt!r}",

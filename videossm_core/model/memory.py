@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import MemoryConfig
-from .delta_rule import _autocast_off, gated_delta_write, l2_normalize, read_memory, retention_gate_bias
+from .delta_rule import (_autocast_off, fla_gated_delta_write, gated_delta_write, l2_normalize, read_memory,
+                         resolve_memory_update, retention_gate_bias)
 
 
 class HeadRMSNorm(nn.Module):
@@ -93,8 +94,6 @@ class HybridMemory(nn.Module):
         ``StreamConfig.memory_update``) picks the computation, all of the same result: "chunkwise" (our
         WY form), "fla" (flash-linear-attention's Triton kernel, CUDA only), "auto" (fla where it runs,
         else chunkwise) or "recurrent" (the token loop; much slower, for checking)."""
-        from .delta_rule import fla_gated_delta_write, resolve_memory_update
-
         form = resolve_memory_update(form, k.device)
         if form == "fla":
             return fla_gated_delta_write(state, k, v, g, beta)  # L2-normalises the keys in the kernel
