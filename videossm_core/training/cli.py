@@ -7,6 +7,7 @@ Subcommands (each resumes from its own latest checkpoint in ``--workdir`` when o
     teacher    flow-matching bidirectional teacher (+ the demo text encoder, trained jointly)
     stage1     causal few-step student: optional ODE warm start, then Self-Forcing DMD
     stage2     long self-rollout DMD with the window and global memory live, prompt switches
+    recall     supervised streaming tuning on the world's memory episodes (hybrid / sink / window variants)
     export     write the shipped demo files (generator / vae / text encoder) from finished runs
     evaluate   generate, decode and measure prompt following, switches and long-run stability
     evaluate-teacher  sample clips from a trained teacher, decode and measure them (which shapes it draws)
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=21)
     p.add_argument("--crop", type=int, default=32)
     p.add_argument("--latent-noise", type=float, default=0.05)
+    p.add_argument("--markings", action="store_true",
+                   help="objects carry the world's hidden per-scene marking (the memory benchmark's world)")
     p.add_argument("--eval-clips", type=int, default=12)
     p.set_defaults(func=cmd_vae_decoder)
 
@@ -178,6 +181,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-lr-scale", type=float, default=0.3,
                    help="LR of the non-memory student parameters relative to --lr (0 freezes them)")
     p.set_defaults(func=cmd_stage2)
+
+    p = sub.add_parser("recall", help="supervised streaming tuning on memory episodes (hybrid / sink / window)")
+    _add_common(p, steps=300, batch=4, lr=1e-3)
+    _add_model_source(p, "student")
+    p.add_argument("--text-encoder", required=True, help="the demo text encoder file the student was trained with")
+    p.add_argument("--variant", choices=["hybrid", "sink", "window"], default="hybrid",
+                   help="hybrid: sink + window + global memory; sink: LongLive-like (no memory); window: "
+                        "Self-Forcing-like (the same recent frames, no sink, no memory)")
+    p.add_argument("--episodes", default=None,
+                   help="memory-episode cache (default: <workdir>/episodes.safetensors; encoded with --vae if missing; "
+                        "share one between variants)")
+    p.add_argument("--vae", default=None, help="the VAE run or file that encodes the episodes")
+    p.add_argument("--num-episodes", type=int, default=256)
+    p.add_argument("--episode-frames", type=int, default=66, help="latent frames per episode (66 = 22 chunks, 16 s)")
+    p.add_argument("--base-lr-scale", type=float, default=0.05,
+                   help="LR of the non-memory parameters relative to --lr (the memory and router train at --lr)")
+    p.add_argument("--object-weight", type=float, default=4.0, help="extra loss weight on the object's latent pixels")
+    p.add_argument("--event-weight", type=float, default=4.0,
+                   help="loss weight of the chunks from a revisit or return on (1 elsewhere)")
+    _add_autocast(p)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (each rank takes cuda:<local rank>)")
+    p.set_defaults(func=cmd_recall)
 
     p = sub.add_parser("export", help="write the demo files (generator, vae, text encoder)")
     p.add_argument("--generator", required=True, help="stage-2 (or stage-1) run folder or generator file")
@@ -342,6 +367,12 @@ def cmd_stage2(args) -> int:
     from .stage2 import Stage2Config, train_stage2
 
     return _train(args, "stage2", train_stage2, distill_config(Stage2Config, args))
+
+
+def cmd_recall(args) -> int:
+    from .recall import RecallConfig, train_recall
+
+    return _train(args, "recall", train_recall, config_from_args(RecallConfig, args))
 
 
 def cmd_export(args) -> int:

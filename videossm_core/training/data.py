@@ -63,20 +63,22 @@ def foreground_masks(frames: np.ndarray, threshold: float = 36.0) -> np.ndarray:
 
 
 def world_batch(seed: int, step: int, indices: Sequence[int], num_frames: int, height: int, width: int,
-                crop: int | None = None, object_crop_prob: float = 0.75,
-                with_masks: bool = False) -> tuple[Tensor, list[str]] | tuple[Tensor, list[str], Tensor]:
+                crop: int | None = None, object_crop_prob: float = 0.75, with_masks: bool = False,
+                markings: bool = False) -> tuple[Tensor, list[str]] | tuple[Tensor, list[str], Tensor]:
     """Freshly rendered world clips for the given global sample indices.
 
     Returns frames ``[b, 3, num_frames, crop or H, crop or W]`` in [-1, 1] and the prompts. ``crop``
     takes a square crop (the VAE is convolutional; crops make its training steps cheaper), centred
     near the object with probability ``object_crop_prob``, anywhere otherwise. ``with_masks`` also
     returns the object masks ``[b, 1, T, h, w]`` (float 0/1), computed on the whole frames before
-    cropping (a crop around the object would fool the row-median background model).
+    cropping (a crop around the object would fool the row-median background model). ``markings`` draws the
+    objects with the world's hidden per-scene marking (the memory benchmark's world).
     """
     clips, prompts, masks = [], [], []
     for i in indices:
         rng = np.random.default_rng(sample_seed(seed, step, i, "world"))
-        frames, prompt = world.sample_clip(rng, num_frames, height, width)
+        frames, prompt = (world.sample_clip(rng, num_frames, height, width, markings=True) if markings
+                          else world.sample_clip(rng, num_frames, height, width))
         mask = foreground_masks(frames) if with_masks else None
         if crop is not None and crop < min(height, width):
             cy, cx = _object_centre(frames[len(frames) // 2]) if rng.random() < object_crop_prob else (None, None)
@@ -164,23 +166,28 @@ class LatentDataset:
         return torch.stack(out), prompts
 
 
+def pool_masks_to_latents(mask: Tensor, spatial_stride: int, dilate: int = 0) -> Tensor:
+    """Video-frame object masks ``[B, 1, T, H, W]`` (T = 1 + 4k) -> latent resolution ``[B, 1, F, H/s, W/s]``
+    uint8: a latent frame covers its video frames (frame 0 alone, then 4 each); dilated by ``dilate``."""
+    first = mask[:, :, :1]
+    rest = mask[:, :, 1:].unflatten(2, ((mask.shape[2] - 1) // 4, 4)).amax(3)
+    m = torch.cat([first, rest], 2).float()
+    m = torch.nn.functional.max_pool3d(m, kernel_size=(1, spatial_stride, spatial_stride))
+    if dilate:
+        k = 2 * dilate + 1
+        m = torch.nn.functional.max_pool3d(m, kernel_size=(1, k, k), stride=1, padding=(0, dilate, dilate))
+    return m.byte()
+
+
 def latent_object_masks(num_clips: int, latent_frames: int, height: int, width: int, seed: int,
                         dilate: int = 1, spatial_stride: int = 8) -> Tensor:
     """Where the object is, at latent resolution, for the clips ``encode_world_dataset`` encodes with the
-    same arguments (they are re-rendered: rendering is cheap, encoding is not). ``[N, 1, F, H/s, W/s]``
-    uint8; a latent frame covers its video frames (frame 0 alone, then 4 each); dilated by ``dilate``."""
+    same arguments (they are re-rendered: rendering is cheap, encoding is not). ``[N, 1, F, H/s, W/s]`` uint8."""
     num_video = 1 + 4 * (latent_frames - 1)
     out = []
     for i in range(num_clips):
         _, _, mask = world_batch(seed, 0, [i], num_video, height, width, with_masks=True)  # [1, 1, T, H, W]
-        first = mask[:, :, :1]
-        rest = mask[:, :, 1:].unflatten(2, (latent_frames - 1, 4)).amax(3)
-        m = torch.cat([first, rest], 2)  # [1, 1, F, H, W]
-        m = torch.nn.functional.max_pool3d(m, kernel_size=(1, spatial_stride, spatial_stride))
-        if dilate:
-            k = 2 * dilate + 1
-            m = torch.nn.functional.max_pool3d(m, kernel_size=(1, k, k), stride=1, padding=(0, dilate, dilate))
-        out.append(m.byte())
+        out.append(pool_masks_to_latents(mask, spatial_stride, dilate))
     return torch.cat(out)
 
 
@@ -210,6 +217,83 @@ def cached_world_dataset(path: str | os.PathLike, vae, env: DistEnv, **kwargs) -
         encode_world_dataset(vae, **kwargs).save(path)
     barrier(env)
     return LatentDataset.load(path)
+
+
+# ---------------------------------------------------------------------------------------------- memory episodes
+
+def latent_frame_of(video_frame: int) -> int:
+    """The latent frame that holds ``video_frame`` (Wan VAE: latent 0 is video frame 0, then 4 video frames each)."""
+    return 0 if video_frame <= 0 else (video_frame + 3) // 4
+
+
+@dataclass
+class EpisodeDataset:
+    """Encoded memory episodes of the world (``world.sample_memory_episode``): scenes whose hidden marking leaves
+    the view for longer than the local window and comes back (a revisited prompt, an object re-entering a world
+    wider than the frame).
+
+    ``latents`` ``[N, C, F, h, w]`` (stored float16); ``masks`` ``[N, 1, F, h, w]`` uint8, the latent pixels the
+    object touches; per episode, in latent frames, ``schedules[i] = [(frame, prompt), ...]`` (the first at 0, the
+    rest on chunk starts) and ``events[i] = [{"kind", "frame", "hidden_frames", "prompt", "marking"}, ...]`` (frame:
+    the latent frame where the marking is back in view; hidden_frames in video frames).
+    """
+
+    latents: Tensor
+    masks: Tensor
+    schedules: list[list[tuple[int, str]]]
+    events: list[list[dict]]
+    fps: int = 16
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def save(self, path: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        meta = {"format": "videossm-memory-episodes", "fps": str(self.fps),
+                "schedules": json.dumps(self.schedules), "events": json.dumps(self.events)}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        save_file({"latents": self.latents.half().contiguous(), "masks": self.masks.contiguous()}, str(tmp),
+                  metadata=meta)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "EpisodeDataset":
+        from safetensors.torch import load_file
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "videossm-memory-episodes":
+            raise ValueError(f"{path} is not a memory-episode cache")
+        tensors = load_file(str(path))
+        schedules = [[(int(f), str(p)) for f, p in sched] for sched in json.loads(meta["schedules"])]
+        return cls(tensors["latents"], tensors["masks"], schedules, json.loads(meta["events"]), int(meta.get("fps", 16)))
+
+
+@torch.no_grad()
+def encode_memory_episodes(vae, num_episodes: int, latent_frames: int, height: int, width: int, seed: int,
+                           kinds: Sequence[str] = ("revisit", "return"), chunk_frames: int = 3,
+                           progress: Callable[[int, int], None] | None = None) -> EpisodeDataset:
+    """Render ``num_episodes`` memory episodes of ``1 + 4 (latent_frames - 1)`` video frames and encode them
+    (normalised posterior means), with their object masks and their schedules and events in latent frames."""
+    num_video = 1 + 4 * (latent_frames - 1)
+    latents, masks, schedules, events = [], [], [], []
+    for i in range(num_episodes):
+        rng = np.random.default_rng(sample_seed(seed, 0, i, "memory-episode"))
+        ep = world.sample_memory_episode(rng, num_video, height, width, kinds=tuple(kinds),
+                                         chunk_frames=4 * chunk_frames)
+        latents.append(vae.encode(frames_to_tensor(ep.frames).to(vae.device, vae.dtype)).float().cpu())
+        fg = torch.from_numpy(foreground_masks(ep.frames))[None, None]  # [1, 1, T, H, W]
+        masks.append(pool_masks_to_latents(fg, vae.spatial_stride, dilate=1))
+        schedules.append([(latent_frame_of(f), p) for f, p in ep.schedule])
+        events.append([{"kind": e.kind, "frame": latent_frame_of(e.frame), "hidden_frames": int(e.hidden_frames),
+                        "prompt": e.prompt, "marking": e.marking} for e in ep.events])
+        if progress is not None:
+            progress(i + 1, num_episodes)
+    return EpisodeDataset(torch.cat(latents), torch.cat(masks), schedules, events)
 
 
 # ---------------------------------------------------------------------------------------------- prompts

@@ -62,21 +62,26 @@ class SelfRollout:
             self.model.set_prompt_inplace(state.branches["cond"], context)
         return state
 
-    @torch.no_grad()
     def switch_prompt(self, state: StreamState, context: Tensor) -> None:
-        """LongLive re-cache under a new prompt (per-sample contexts ``[B, L, D]``)."""
+        """LongLive re-cache under a new prompt (per-sample contexts ``[B, L, D]``).
+
+        With the memory trained and grad on, the re-cached frames' gates keep their graph (to the gate parameters
+        only; the calls' outputs are dropped), so frames evicted after a switch still teach the write side."""
         branch = state.branches["cond"]
-        self.model.set_prompt_inplace(branch, context)
+        with torch.no_grad():
+            self.model.set_prompt_inplace(branch, context)
         if state.recent_latents is None:
             return
+        keep_gate_graph = self._memory_trained(state) and torch.is_grad_enabled()
         chunk = self.config.stream.chunk_frames
-        for offset in range(0, state.recent_latents.shape[2], chunk):
-            latents = state.recent_latents[:, :, offset:offset + chunk]
-            self._call(state, latents, self.config.sampling.context_timestep, state.recent_start + offset)
-        # The re-cached frames' gates were replaced in place, without a graph: drop the graph of the old ones.
-        for layer in branch.layers:
-            if layer.g is not None:
-                layer.g, layer.beta = layer.g.detach(), layer.beta.detach()
+        with torch.set_grad_enabled(keep_gate_graph):
+            for offset in range(0, state.recent_latents.shape[2], chunk):
+                latents = state.recent_latents[:, :, offset:offset + chunk]
+                self._call(state, latents, self.config.sampling.context_timestep, state.recent_start + offset)
+        if not keep_gate_graph:  # the gates were replaced in place, without a graph: drop the old ones' graph
+            for layer in branch.layers:
+                if layer.g is not None:
+                    layer.g, layer.beta = layer.g.detach(), layer.beta.detach()
 
     @staticmethod
     def detach_state(state: StreamState, keep_memory_graph: bool = False) -> None:

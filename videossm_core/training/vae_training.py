@@ -275,6 +275,7 @@ class DecoderTuneConfig:
     fg_weight: float = 10.0
     ring: int = 3  # pixels around the object weighted like the object
     latent_noise: float = 0.05
+    markings: bool = False  # objects carry the world's hidden marking (the memory benchmark's world)
     grad_clip: float = 1.0
     seed: int = 1
     eval_clips: int = 12
@@ -304,7 +305,7 @@ def tune_decoder(cfg: DecoderTuneConfig, env: DistEnv, log: LossLog | None = Non
         data_step = 0 if cfg.fixed_batch else step
         idx = env.local_slice(cfg.batch_size)
         x, _, fg = world_batch(cfg.seed, data_step, idx, cfg.frames, cfg.height, cfg.width,
-                               None if cfg.fixed_batch else cfg.crop, with_masks=True)
+                               None if cfg.fixed_batch else cfg.crop, with_masks=True, markings=cfg.markings)
         with torch.no_grad():
             mu = model._encode(x)[:, :vae.z_dim]
         noise = per_sample_randn(tuple(mu.shape[1:]), cfg.seed, data_step, idx, "decoder-latent-noise")

@@ -1,0 +1,139 @@
+"""Recall tuning (``videossm_core.training.recall``) at tiny size: the supervised streaming term reaches the memory's
+write side through evictions many chunks back, each variant streams with its own memory, and the student file
+records the stream it was tuned with."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from videossm_core.config import SamplingConfig, StreamConfig, get_preset
+from videossm_core.demo.bundle import META_STREAM
+from videossm_core.text import DemoTextEncoder
+from videossm_core.training.checkpointing import LossLog
+from videossm_core.training.data import EpisodeDataset, TextConditioner, latent_frame_of
+from videossm_core.training.distributed import DistEnv
+from videossm_core.training.recall import VARIANTS, RecallConfig, chunk_weights, episode_loss, train_recall
+from videossm_core.training.rollout import RolloutConfig, SelfRollout
+
+from .tiny import make_tiny_model
+
+TINY = get_preset("tiny")
+# The demo's stream (chunks of 3, a sink of 3, a 12-frame window: chunk c evicts chunk c - 3 from chunk 4 on) at tiny size.
+STREAM = dict(VARIANTS["hybrid"], router_horizon_frames=24)
+WRITE_SIDE = ("alpha_proj.weight", "alpha_proj.bias", "beta_proj.weight", "beta_proj.bias", "A_log")
+A, B, X = ("a red circle bouncing on a dark background", "a blue square resting on a light background",
+           "a green ring floating on a striped background")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _conditioner() -> TextConditioner:
+    return TextConditioner(DemoTextEncoder(text_len=TINY.text_len, text_dim=TINY.text_dim, seed=0).eval(), TINY.text_len)
+
+
+def _episodes(n: int = 3, frames: int = 24) -> EpisodeDataset:
+    """X -> A -> B -> A episodes with a per-episode pattern for A (what only a memory can bring back after B)."""
+    gen = torch.Generator().manual_seed(0)
+    latents = 0.3 * torch.randn(n, TINY.in_dim, frames, 4, 4, generator=gen)
+    secret = torch.randn(n, TINY.in_dim, 1, 4, 4, generator=gen)
+    latents[:, :, 3:9] += secret
+    latents[:, :, 18:24] += secret
+    masks = torch.zeros(n, 1, frames, 4, 4, dtype=torch.uint8)
+    masks[..., 1:3, 1:3] = 1
+    schedule = [(0, X), (3, A), (9, B), (18, A)]
+    events = [{"kind": "revisit", "frame": 18, "hidden_frames": 36, "prompt": A, "marking": "red"}]
+    return EpisodeDataset(latents, masks, [schedule] * n, [events] * n)
+
+
+def _cfg(tmp_path, variant="hybrid", **kw) -> RecallConfig:
+    stream = dict(VARIANTS[variant], router_horizon_frames=24)
+    base = dict(workdir=str(tmp_path / variant), variant=variant, stream=stream, steps=2, batch_size=2, lr=1e-2,
+                base_lr_scale=0.1, warmup=0, min_lr_ratio=1.0, episode_frames=24, checkpoint_every=0, log_every=1,
+                denoising_steps=(1000.0, 500.0))
+    return RecallConfig(**{**base, **kw})
+
+
+def test_variants_differ_only_in_their_memories():
+    hybrid, sink, window = (StreamConfig(**VARIANTS[v]) for v in ("hybrid", "sink", "window"))
+    assert hybrid.memory and not sink.memory and not window.memory
+    assert sink.sink_frames == hybrid.sink_frames > 0 and window.sink_frames == 0
+    # The same recent (non-sink) frames for all three: only the sink and the memory differ.
+    assert {s.window_frames - s.sink_frames for s in (hybrid, sink, window)} == {9}
+    assert hybrid.chunk_frames == sink.chunk_frames == window.chunk_frames
+
+
+def test_chunk_weights_mark_the_chunks_from_an_event_on():
+    assert chunk_weights([{"frame": 18}], 8, 3, 4.0, 2) == [1, 1, 1, 1, 1, 1, 4, 4]
+    assert chunk_weights([{"frame": 21}], 8, 3, 4.0, 2) == [1, 1, 1, 1, 1, 1, 1, 4]  # cut at the end
+    assert chunk_weights([], 3, 3, 4.0, 2) == [1, 1, 1]
+    assert [latent_frame_of(f) for f in (0, 1, 4, 5, 9, 21)] == [0, 1, 1, 2, 3, 6]  # chunk c starts at 12 c - 3
+
+
+def test_a_loss_on_the_revisit_reaches_the_write_side_only_with_the_memory():
+    """Only the revisit's chunks are scored; A's first chunks were evicted into the memory chunks earlier. The
+    hybrid's write side (W_alpha, W_beta, A_log) gets gradient through those evictions; without the memory none."""
+    data = _episodes(1)
+    weights = [0.0] * 6 + [1.0, 1.0]
+    for variant, reaches in (("hybrid", True), ("sink", False)):
+        model = make_tiny_model(seed=1, active_memory=True)
+        stream = StreamConfig(**dict(VARIANTS[variant], router_horizon_frames=24), )
+        rollout = SelfRollout(model, RolloutConfig(stream, SamplingConfig(denoising_steps=(1000.0, 500.0)),
+                                                   train_memory=True))
+        noise = torch.randn(data.latents[:1].shape, generator=torch.Generator().manual_seed(1))
+        loss, errors = episode_loss(rollout, _conditioner(), data.latents[:1].float(), data.masks[:1].float(),
+                                    data.schedules[0], weights, [0] * 8, noise, 4.0)
+        assert len(errors) == 8 and loss.requires_grad
+        loss.backward()
+        for name in WRITE_SIDE:
+            grads = [p.grad for n, p in model.named_parameters() if n.endswith(f"self_attn.memory.{name}")]
+            assert len(grads) == TINY.num_layers
+            got = [g is not None and bool(g.abs().sum() > 0) for g in grads]
+            assert all(got) if reaches else not any(got), (variant, name, got)
+
+
+def test_recall_tuning_moves_the_write_side_and_records_its_stream(tmp_path):
+    data = _episodes()
+    student = make_tiny_model(seed=1, active_memory=True)
+    before = {k: v.clone() for k, v in student.memory_parameters().items()}
+    summary = train_recall(_cfg(tmp_path), DistEnv(), student=student, conditioner=_conditioner(), data=data,
+                           log=LossLog(tmp_path, DistEnv(), "log", quiet=True))
+    assert summary["steps"] == 2 and all(l == l for l in summary["losses"])  # finite
+    assert summary["history"]["event_error"], "the revisit chunks were scored"
+    after = student.memory_parameters()
+    for name in WRITE_SIDE:
+        keys = [k for k in before if k.endswith(f"self_attn.memory.{name}")]
+        assert keys and all(not torch.equal(before[k], after[k]) for k in keys), name
+    with safe_open(str(tmp_path / "hybrid" / "student.safetensors"), framework="pt") as f:
+        stream = json.loads(f.metadata()[META_STREAM])
+    assert stream["memory"] is True and stream["sink_frames"] == 3
+
+
+def test_the_window_variant_trains_without_sink_or_memory(tmp_path):
+    student = make_tiny_model(seed=1, active_memory=True)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    train_recall(_cfg(tmp_path, "window", steps=1), DistEnv(), student=student, conditioner=_conditioner(),
+                 data=_episodes(), log=LossLog(tmp_path, DistEnv(), "log", quiet=True))
+    after = student.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if ".self_attn.memory." in k)  # never used
+    assert any(not torch.equal(before[k], after[k]) for k in before if ".self_attn.memory." not in k)
+    with safe_open(str(tmp_path / "window" / "student.safetensors"), framework="pt") as f:
+        stream = json.loads(f.metadata()[META_STREAM])
+    assert (stream["memory"], stream["sink_frames"], stream["window_frames"]) == (False, 0, 9)
+
+
+def test_episode_cache_round_trips(tmp_path):
+    data = _episodes(2)
+    data.save(tmp_path / "episodes.safetensors")
+    back = EpisodeDataset.load(tmp_path / "episodes.safetensors")
+    assert torch.equal(back.latents, data.latents.half()) and torch.equal(back.masks, data.masks)
+    assert back.schedules == data.schedules and back.events == data.events

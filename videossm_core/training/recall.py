@@ -1,0 +1,234 @@
+"""Recall tuning: a supervised streaming term that rewards what the global memory is for.
+
+Stages 1-2 are data-free: a teacher scores windows of the student's own rollout. A teacher whose window (2 chunks
+here, 5 s at real scale) is shorter than the time a scene stays hidden cannot reward remembering across it. This
+stage streams the world's memory episodes instead (``data.EpisodeDataset``: a scene's hidden marking leaves the
+view for 4-8 s, longer than the local window, and comes back on a revisited prompt or an object re-entering a
+world wider than the frame):
+
+- the student runs chunk by chunk through the streaming path with the *true* latents in its cache (teacher
+  forcing), so the sink, the window and, through evictions, the global memory hold the real past;
+- each chunk is denoised from the true latents noised to one of the sampler's levels, and the loss is the error of
+  its x0 prediction, weighted up on the object (where the marking is) and on the chunks from an event on, where only
+  the memory can know the marking;
+- the memory's state and cached gates keep their graph over the whole episode (the state is ``[B, H, D, D]`` per
+  layer), so the write side (W_alpha, W_beta, A_log, the gate biases) learns from evictions many chunks back.
+
+Variants, one recipe and one budget, for ``benchmarks/bench_memory.py``: ``hybrid`` (sink + window + memory),
+``sink`` (LongLive-like: sink + window) and ``window`` (Self-Forcing-like: the same recent frames, no sink, no
+memory). The student file records the stream settings it was tuned with.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import StreamConfig
+from ..demo.bundle import DEFAULT_FPS, DEFAULT_RESOLUTION, META_DEMO, META_SAMPLING, META_STREAM
+from ..model.transformer import CausalWanModel
+from ..sampling import remember_recent_latents_inplace
+from .checkpointing import LossLog, resume_latest, save_checkpoint, save_generator
+from .common import autocast, config_dict, lr_at, make_adamw, optimizer_step, set_lr
+from .data import EpisodeDataset, TextConditioner, encode_memory_episodes
+from .distributed import DistEnv, barrier, resolve_device, sample_generator
+from .rollout import RolloutConfig, SelfRollout
+from .stage1 import DEMO_STREAM, load_any_model, sampling_config
+
+# The three memories the benchmark compares. "window" keeps the hybrid's recent frames (9) without the sink's 3.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "hybrid": dict(DEMO_STREAM, memory=True),
+    "sink": dict(DEMO_STREAM, memory=False),
+    "window": dict(DEMO_STREAM, memory=False, sink_frames=0,
+                   window_frames=DEMO_STREAM["window_frames"] - DEMO_STREAM["sink_frames"]),
+}
+
+
+@dataclass
+class RecallConfig:
+    workdir: str = "runs/recall"
+    student: str = ""
+    text_encoder: str = ""
+    vae: str | None = None  # encodes the episode cache when it does not exist yet
+    episodes: str | None = None  # the episode cache (default: <workdir>/episodes.safetensors)
+    variant: str = "hybrid"
+    num_episodes: int = 256
+    episode_frames: int = 66  # latent frames of an episode (22 chunks, 16.3 s)
+    kinds: tuple[str, ...] = ("revisit", "return")
+    steps: int = 300
+    batch_size: int = 4
+    lr: float = 1e-3  # memory and router
+    base_lr_scale: float = 0.05  # the rest of the student, relative to lr
+    warmup: int = 10
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    object_weight: float = 4.0  # extra loss weight on the latent pixels the object touches
+    event_weight: float = 4.0  # loss weight of the chunks from an event on
+    event_chunks: int = 2
+    denoising_steps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
+    shift: float = 5.0
+    seed: int = 0
+    checkpoint_every: int = 50
+    log_every: int = 10
+    stop_after: int | None = None
+    autocast: str | None = None
+    device: str = "cpu"
+    stream: dict[str, Any] = field(default_factory=dict)  # filled from the variant
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; use one of {sorted(VARIANTS)}")
+        if not self.stream:
+            self.stream = dict(VARIANTS[self.variant])
+
+
+def _memory_param(name: str) -> bool:
+    return ".self_attn.memory." in name  # the gates, the decay, the read's out-gate and norm, the router
+
+
+def chunk_weights(events: list[dict], num_chunks: int, chunk: int, event_weight: float, event_chunks: int) -> list[float]:
+    """Loss weight per chunk: ``event_weight`` for the ``event_chunks`` chunks from each event's frame, 1 elsewhere."""
+    weights = [1.0] * num_chunks
+    for e in events:
+        first = e["frame"] // chunk
+        for c in range(first, min(num_chunks, first + event_chunks)):
+            weights[c] = event_weight
+    return weights
+
+
+def episode_loss(rollout: SelfRollout, conditioner: TextConditioner, latents: torch.Tensor, masks: torch.Tensor,
+                 schedule: list[tuple[int, str]], weights: list[float], levels: list[int], noise: torch.Tensor,
+                 object_weight: float) -> tuple[torch.Tensor, list[float]]:
+    """Stream one episode with teacher forcing; the weighted x0 loss over its chunks (graph attached) and the
+    per-chunk unweighted errors.
+
+    ``latents`` ``[1, C, F, h, w]``, ``masks`` ``[1, 1, F, h, w]``, ``levels[c]`` the denoising step chunk c is
+    noised to, ``noise`` like ``latents``. Prompts switch with LongLive's re-cache where the schedule says.
+    """
+    cfg = rollout.config
+    chunk = cfg.stream.chunk_frames
+    scale = cfg.sampling.num_train_timesteps
+    switches = {frame: prompt for frame, prompt in schedule[1:]}
+    state = rollout.new_state(1, conditioner([schedule[0][1]]))
+    memory_grad = state.memory_active and torch.is_grad_enabled()
+    total, errors = latents.new_zeros(()), []
+    for c in range(len(weights)):
+        start = c * chunk
+        if start in switches:
+            rollout.switch_prompt(state, conditioner([switches[start]]))
+        target = latents[:, :, start:start + chunk]
+        t = rollout.timesteps[levels[c]]
+        s = t / scale
+        x = (1.0 - s) * target + s * noise[:, :, start:start + chunk]
+        x0 = x - s * rollout._call(state, x, t, start)
+        err = (x0 - target).pow(2) * (1.0 + object_weight * masks[:, :, start:start + chunk])
+        total = total + weights[c] * err.mean()
+        errors.append(float(err.detach().mean()))
+        # The clean pass writes the true chunk into the window; with the memory trained it caches the chunk's gates
+        # with their graph, which its eviction three chunks later writes into the memory state.
+        with torch.set_grad_enabled(memory_grad):
+            rollout._call(state, target, cfg.sampling.context_timestep, start)
+        remember_recent_latents_inplace(state, target, start)
+    return total / sum(weights), errors
+
+
+def load_episodes(cfg: RecallConfig, env: DistEnv) -> EpisodeDataset:
+    """The episode cache, encoded first (on rank 0, with ``cfg.vae``, at the demo's resolution) when it does not
+    exist."""
+    path = Path(cfg.episodes or Path(cfg.workdir) / "episodes.safetensors")
+    if env.is_main and not path.is_file():
+        if not cfg.vae:
+            raise FileNotFoundError(f"{path} does not exist: pass --vae to encode the memory episodes")
+        from .vae_training import load_trained_vae
+
+        vae = load_trained_vae(cfg.vae)
+        encode_memory_episodes(vae, cfg.num_episodes, cfg.episode_frames, *DEFAULT_RESOLUTION, cfg.seed + 2000, cfg.kinds,
+                               chunk_frames=cfg.stream["chunk_frames"]).save(path)
+    barrier(env)
+    return EpisodeDataset.load(path)
+
+
+def train_recall(cfg: RecallConfig, env: DistEnv, student: CausalWanModel | None = None,
+                 conditioner: TextConditioner | None = None, data: EpisodeDataset | None = None,
+                 log: LossLog | None = None) -> dict[str, Any]:
+    """Run (or resume) recall tuning. The student, conditioner and episodes may be passed in directly (tests)."""
+    workdir = Path(cfg.workdir)
+    log = log or LossLog(workdir, env, "recall_log")
+    if student is None:
+        student = load_any_model(cfg.student, ("student.safetensors", "generator.safetensors"))
+    if conditioner is None:
+        from ..text import DemoTextEncoder
+
+        conditioner = TextConditioner(DemoTextEncoder.load(cfg.text_encoder).eval().requires_grad_(False),
+                                      student.config.text_len)
+    device = resolve_device(cfg.device, env)
+    conditioner.device = device
+    student.to(device).train()
+    if data is None:
+        data = load_episodes(cfg, env)
+    chunk = cfg.stream["chunk_frames"]
+    num_chunks = min(cfg.episode_frames, data.latents.shape[2]) // chunk
+
+    mem_params = [p for n, p in student.named_parameters() if _memory_param(n)]
+    base_params = [p for n, p in student.named_parameters() if not _memory_param(n)]
+    student.requires_grad_(True)
+    opt = make_adamw([{"params": mem_params, "lr_scale": 1.0},
+                      {"params": base_params, "lr_scale": cfg.base_lr_scale}], cfg.lr, betas=cfg.betas)
+    stream = StreamConfig(**cfg.stream)
+    rollout = SelfRollout(student, RolloutConfig(stream, sampling_config(cfg), train_memory=True))
+    num_levels = len(rollout.timesteps)
+
+    step, _ = resume_latest(workdir, env, log, {"student": student, "opt": opt})
+    history: dict[str, list[float]] = {"loss": [], "event_error": [], "other_error": []}
+    t0 = time.time()
+    while step < cfg.steps and (cfg.stop_after is None or step < cfg.stop_after):
+        idx = list(env.local_slice(cfg.batch_size))
+        set_lr(opt, lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio))
+        losses, event_err, other_err = [], [], []
+        for i in idx:
+            gen = sample_generator(cfg.seed, step, i, "recall-episode")
+            ep = int(torch.randint(len(data), (), generator=gen))
+            latents = data.latents[ep:ep + 1, :, :num_chunks * chunk].float().to(device)
+            masks = data.masks[ep:ep + 1, :, :num_chunks * chunk].float().to(device)
+            levels = torch.randint(num_levels, (num_chunks,), generator=gen).tolist()
+            noise = torch.randn(latents.shape, generator=gen).to(device)
+            weights = chunk_weights(data.events[ep], num_chunks, chunk, cfg.event_weight, cfg.event_chunks)
+            with autocast(cfg.autocast, device):
+                loss, errors = episode_loss(rollout, conditioner, latents, masks, data.schedules[ep], weights, levels,
+                                            noise, cfg.object_weight)
+            (loss / len(idx)).backward()
+            losses.append(float(loss.detach()))
+            event_err += [e for e, w in zip(errors, weights) if w != 1.0]
+            other_err += [e for e, w in zip(errors, weights) if w == 1.0]
+        grad_norm = optimizer_step(opt, mem_params + base_params, env, cfg.grad_clip)
+        step += 1
+        record = {"stage": "recall", "step": step, "variant": cfg.variant, "loss": float(np.mean(losses)),
+                  "event_error": float(np.mean(event_err)) if event_err else None,
+                  "other_error": float(np.mean(other_err)) if other_err else None, "grad_norm": grad_norm,
+                  "s_per_step": (time.time() - t0) / max(1, len(history["loss"]) + 1)}
+        history["loss"].append(record["loss"])
+        if record["event_error"] is not None:
+            history["event_error"].append(record["event_error"])
+        history["other_error"].append(record["other_error"] or 0.0)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            log.log(record)
+        if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step in (cfg.steps, cfg.stop_after)):
+            save_checkpoint(workdir, step, env, {"student": student.state_dict(), "opt": opt.state_dict(),
+                                                 "config": config_dict(cfg)})
+    summary: dict[str, Any] = {"steps": step, "variant": cfg.variant, "history": history, "losses": history["loss"]}
+    if env.is_main and step >= cfg.steps:
+        student.cpu().eval()
+        save_generator(student, workdir / "student.safetensors", extra_metadata={
+            "videossm_role": f"recall-{cfg.variant}",
+            META_STREAM: json.dumps(stream.to_dict()),
+            META_SAMPLING: json.dumps(sampling_config(cfg).to_dict()),
+            META_DEMO: json.dumps({"fps": DEFAULT_FPS, "resolution": list(DEFAULT_RESOLUTION)}),
+        })
+    return summary
