@@ -665,6 +665,222 @@ def sample_switch_clip(rng: int | np.random.Generator | None, num_frames: int, h
 
 
 # ------------------------------------------------------------------------------------------------
+# Memory episodes
+# ------------------------------------------------------------------------------------------------
+
+LOCAL_WINDOW_FRAMES = 48  # the generator's local attention window: 3 s at 16 fps
+_HIDDEN_RANGE = (64, 128)  # how long an episode hides a marking: 4-8 s at 16 fps
+
+
+@dataclass(frozen=True)
+class MemoryEvent:
+    """A marking that comes back after being out of view for longer than the local window.
+
+    ``kind``: "revisit" (scenes X -> A -> B -> A: A's prompt again) or "return" (A's sliding object
+    re-enters a world wider than the frame). ``frame``: the first video frame at which the marking is
+    fully visible again; ``hidden_frames``: the video frames before it during which it was not.
+    """
+
+    kind: str
+    frame: int
+    hidden_frames: int
+    prompt: str
+    marking: str
+
+
+@dataclass
+class MemoryEpisode:
+    """A long marked clip and its memory events.
+
+    ``frames`` is None when it came from ``memory_schedule`` (``render_memory_episode`` draws it);
+    ``states`` holds the world state at the start of each ``schedule`` entry.
+    """
+
+    frames: np.ndarray | None
+    schedule: list[tuple[int, str]]
+    events: list[MemoryEvent]
+    markings: dict[str, str]
+    states: list[WorldState] = field(default_factory=list, repr=False)
+
+
+def _draw_marking(spec: SceneSpec, rng: np.random.Generator, avoid: Sequence[str | None]) -> str:
+    """A marking for a new prompt: uniform among its candidates other than ``avoid``, when any remain."""
+    candidates = marking_candidates(spec.colour)
+    kept = [m for m in candidates if m not in avoid]
+    return str(rng.choice(kept or list(candidates)))
+
+
+class _Planner:
+    """Builds a memory episode scene by scene by stepping the world (no rendering)."""
+
+    def __init__(self, rng: np.random.Generator, num_frames: int, height: int, width: int, chunk_frames: int):
+        self.rng, self.num_frames, self.height, self.width = rng, num_frames, height, width
+        self.chunk_frames = chunk_frames
+        self.state: WorldState | None = None
+        self.chunk = 0  # the next segment starts at this chunk
+        self.schedule: list[tuple[int, str]] = []
+        self.states: list[WorldState] = []
+        self.events: list[MemoryEvent] = []
+
+    def start(self, chunk: int) -> int:
+        return 0 if chunk == 0 else self.chunk_frames * chunk - 3
+
+    @property
+    def done(self) -> bool:
+        return self.start(self.chunk) >= self.num_frames
+
+    def seen(self, spec: SceneSpec) -> bool:
+        return self.state is not None and spec.prompt() in self.state.markings
+
+    def next_spec(self, walled: bool) -> SceneSpec:
+        """A new prompt (never seen in this video) that differs from the current scene."""
+        prev = self.state.spec if self.state is not None else None
+        for _ in range(1000):
+            spec = sample_spec(self.rng) if prev is None else _mutate_spec(prev, self.rng)
+            if walled and spec.motion not in _WALLED:
+                continue
+            if not self.seen(spec):
+                return spec
+        raise RuntimeError("no new scene found")  # 1120 prompts: not reached in practice
+
+    def begin(self, spec: SceneSpec, marking: str | None = None, world_width: float | None = None) -> None:
+        if self.state is not None and marking is not None and not self.seen(spec):
+            self.state.markings[spec.prompt()] = marking
+        self.state = _begin(spec, self.height, self.width, self.rng, self.state, True, world_width)
+        self.schedule.append((self.start(self.chunk), spec.prompt()))
+        self.states.append(self.state.copy())
+
+    def run(self, chunks: int) -> list[bool]:
+        """Advance the current scene by whole chunks (fewer at the clip's end); per frame: fully visible?"""
+        end = min(self.start(self.chunk + chunks), self.num_frames)
+        visible = []
+        for _ in range(self.start(self.chunk), end):
+            visible.append(self.state.fully_visible())
+            _step(self.state)
+        self.chunk += chunks
+        return visible
+
+    def run_until_visible(self, chunks: int, extra: int = 4) -> None:
+        """``chunks`` chunks, then up to ``extra`` more while the object is not fully in the frame."""
+        self.run(chunks)
+        while extra and not self.done and not self.state.fully_visible():
+            self.run(1)
+            extra -= 1
+
+    def marking(self) -> str:
+        return self.state.marking
+
+    def revisit(self) -> None:
+        rng = self.rng
+        x = self.next_spec(walled=True)
+        self.begin(x, _draw_marking(x, rng, ()))
+        self.run_until_visible(int(rng.integers(3, 6)))
+        a = self.next_spec(walled=True)
+        if self.done:
+            return
+        self.begin(a, _draw_marking(a, rng, (self.marking(),)))
+        self.run(int(rng.integers(3, 6)))
+        b = self.next_spec(walled=True)
+        if self.done:
+            return
+        self.begin(b, _draw_marking(b, rng, (self.state.markings[a.prompt()],)))
+        lo, hi = (-(-_HIDDEN_RANGE[0] // self.chunk_frames), _HIDDEN_RANGE[1] // self.chunk_frames)
+        hidden_start = self.start(self.chunk)
+        self.run(int(rng.integers(lo, hi + 1)))
+        if self.done:
+            return
+        self.begin(a)  # the same prompt string: the state gives its marking back
+        frame = self.start(self.chunk)
+        if self.state.fully_visible():
+            self.events.append(MemoryEvent("revisit", frame, frame - hidden_start, a.prompt(), self.marking()))
+        self.run(3)
+
+    def return_(self) -> None:
+        rng, w = self.rng, self.width
+        x = self.next_spec(walled=True)
+        self.begin(x, _draw_marking(x, rng, ()))
+        self.run_until_visible(int(rng.integers(3, 6)))
+        if self.done or not self.state.fully_visible():
+            return
+        st = self.state
+        motion = "sliding right" if st.x < w / 2 else "sliding left"  # towards the farther edge
+        for _ in range(1000):
+            a = _mutate_spec(st.spec, rng).replace(motion=motion)
+            if not self.seen(a):
+                break
+        # Hidden from the last frame fully in (x = w - e, sliding right) to the first one fully back
+        # (x = W + e): (W - w + 2 e) / v frames; W >= w + 2 e + 4 so that it is fully out for a while.
+        v, e = st.speed, st.extent
+        lo = max(_HIDDEN_RANGE[0] + 2.0, (4 * e + 4) / v + 2.0)
+        hidden = rng.uniform(lo, max(lo, _HIDDEN_RANGE[1] - 10.0))
+        self.begin(a, _draw_marking(a, rng, (self.marking(),)), world_width=w - 2 * e + hidden * v)
+        prompt, marking = a.prompt(), self.marking()
+        frame = self.start(self.chunk)
+        last_seen, event = None, None
+        while not self.done:
+            for t, vis in enumerate(self.run(1), frame):
+                if event is None and vis and last_seen is not None and t - last_seen > 1:
+                    event = MemoryEvent("return", t, t - last_seen - 1, prompt, marking)
+                if vis:
+                    last_seen = t
+            frame = self.start(self.chunk)
+            if event is not None and frame >= event.frame + 2 * self.chunk_frames:
+                self.events.append(event)
+                return
+
+
+def memory_schedule(rng: int | np.random.Generator | None, num_frames: int, height: int = 64, width: int = 64,
+                    kinds: Sequence[str] = ("revisit", "return"), chunk_frames: int = 12) -> MemoryEpisode:
+    """Plan a long marked clip of chained memory episodes without rendering it (``frames`` is None).
+
+    Prompts change only where a chunk starts (video frame ``chunk_frames * c - 3`` for chunk c >= 1).
+    Each episode picks its kind with ``rng`` among ``kinds`` and continues the object from the previous:
+
+    * "revisit": X (3-5 chunks) -> A (3-5) -> B (64-128 frames: 6-10 chunks) -> A again (3 chunks);
+      the event is at the second A's first frame, A's marking hidden for B's length.
+    * "return": X (3-5 chunks, not sliding) -> A sliding towards the farther edge in a world made
+      wider than the frame so that the object, visible for >= 1 chunk, leaves and comes fully back
+      after 64-128 frames; A lasts until >= 2 chunks after that. Only the world knows when the object
+      returns: a generator decides that itself, so a benchmark finds returns in its own frames.
+
+    X and B take walled (never sliding) motions so that the object stays fully in view; X may run up
+    to 4 more chunks while it settles back into the frame after a return. Every scene's prompt is new
+    to the video. Marking rule: X draws uniformly among its candidates; A among its candidates other
+    than X's marking, and B among its candidates other than A's (when any remain), so a model that
+    copies the first scene of an episode or the latest marking it saw is wrong. Events that do not
+    complete before ``num_frames`` are dropped. Deterministic for a given seed.
+    """
+    _check_clip_frames(num_frames)
+    kinds = tuple(kinds)
+    if not kinds or any(k not in ("revisit", "return") for k in kinds):
+        raise ValueError(f"kinds must be a non-empty subset of ('revisit', 'return'), got {kinds}")
+    if chunk_frames < 4 or chunk_frames % 4:
+        raise ValueError(f"chunk_frames must be a positive multiple of 4, got {chunk_frames}")
+    planner = _Planner(_as_rng(rng), num_frames, height, width, chunk_frames)
+    while not planner.done:
+        kind = kinds[int(planner.rng.integers(len(kinds)))]
+        planner.revisit() if kind == "revisit" else planner.return_()
+    events = [e for e in planner.events if e.frame < num_frames]
+    return MemoryEpisode(None, planner.schedule, events, dict(planner.state.markings), planner.states)
+
+
+def render_memory_episode(episode: MemoryEpisode, num_frames: int) -> np.ndarray:
+    """Render a planned episode's ``num_frames`` frames (no randomness: from its recorded states)."""
+    starts = [s for s, _ in episode.schedule] + [num_frames]
+    return np.concatenate([_render_frames(st.copy(), b - a)
+                           for st, a, b in zip(episode.states, starts, starts[1:])])
+
+
+def sample_memory_episode(rng: int | np.random.Generator | None, num_frames: int, height: int = 64,
+                          width: int = 64, kinds: Sequence[str] = ("revisit", "return"),
+                          chunk_frames: int = 12) -> MemoryEpisode:
+    """``memory_schedule`` (same schedule and events for the same seed) with its frames rendered."""
+    episode = memory_schedule(rng, num_frames, height, width, kinds, chunk_frames)
+    episode.frames = render_memory_episode(episode, num_frames)
+    return episode
+
+
+# ------------------------------------------------------------------------------------------------
 # Measurement
 # ------------------------------------------------------------------------------------------------
 
