@@ -16,6 +16,11 @@ Design choices that matter to the measurement and to the generator:
   ``measure_frame`` undoes the split before measuring. Every other motion keeps the object fully on
   screen inside a box.
 * Shapes are axis-aligned (never rotated): a square rotated by 45 degrees would be a diamond.
+* Hidden state, opt-in, for the memory benchmark: a *marking* (a band across the object's middle, in
+  one of ``MARKINGS``, never the body colour) that no prompt names, fixed per prompt within a video,
+  and a world wider than the frame (``world_width``) that a sliding object leaves and re-enters.
+  ``sample_memory_episode`` chains scenes so that a marking is out of view for 4-8 s, longer than the
+  generator's 3 s local window, and must then be recalled; ``measure_frame`` reads the marking back.
 * A clip's ``end_state`` is the state of the *next* frame, so continuing from it is seamless, and a
   prompt change keeps the object where it is (and its size); only the motion's own parameters, the
   colour, the shape and (if it changes) the background are new.
