@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
 from videossm_core.demo.world import (
     BACKGROUNDS,
     COLOURS,
+    MARKINGS,
     MOTIONS,
     RADIUS_RANGE,
     SHAPES,
@@ -16,13 +19,16 @@ from videossm_core.demo.world import (
     classify_shape,
     dynamic_degree,
     is_valid_frame_count,
+    marking_candidates,
     measure_clip,
     measure_frame,
+    memory_schedule,
     parse_prompt,
     prompt_words,
     render_clip,
     render_long_clip,
     sample_clip,
+    sample_memory_episode,
     sample_spec,
     sample_switch_clip,
 )
@@ -304,3 +310,166 @@ def test_squares_drawn_with_bowed_sides_or_round_corners_are_squares():
         for stretch in (1.0, 1.15):  # round blobs, a little elongated, stay circles; diamonds stay diamonds
             assert classify_shape((yy / stretch) ** 2 + xx**2 <= half**2) == "circle"
             assert classify_shape(np.abs(yy / stretch) + np.abs(xx) <= half * 1.2) == "diamond"
+
+
+# ------------------------------------------------------------------------------ hidden markings
+
+
+def _blur(frame: np.ndarray, sigma: float = 1.4) -> np.ndarray:
+    """Separable Gaussian blur (edge padding), about what the demo VAE does to a frame."""
+    r = int(3 * sigma)
+    k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma**2))
+    k /= k.sum()
+    a = np.pad(frame.astype(np.float64), ((r, r), (r, r), (0, 0)), mode="edge")
+    a = sum(w * a[i:i + a.shape[0] - 2 * r] for i, w in enumerate(k))
+    a = sum(w * a[:, i:i + a.shape[1] - 2 * r] for i, w in enumerate(k))
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def _marked_frames(seed, n, sizes):
+    """``n`` (frame, spec, marking, size) of random marked scenes fully in frame (no sliding)."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        spec = sample_spec(rng)
+        if spec.motion.startswith("sliding"):
+            spec = spec.replace(motion=str(rng.choice(WALLED)))
+        size = sizes[i % len(sizes)]
+        frames, state = render_clip(spec, int(rng.integers(1, 30)), *size, rng=rng, markings=True)
+        yield frames[-1], spec, state.markings[spec.prompt()], size
+
+
+def test_markings_vocabulary():
+    assert len(MARKINGS) == 4 and set(MARKINGS) <= set(COLOURS)
+    for colour in COLOURS:
+        assert colour not in marking_candidates(colour)
+        assert set(marking_candidates(colour)) == set(MARKINGS) - {colour}
+
+
+def test_marking_is_read_back_on_every_render():
+    n, hits, body = 300, 0, 0
+    for frame, spec, marking, size in _marked_frames(31, n, [(64, 64), (32, 32), (96, 128), (48, 64)]):
+        m = measure_frame(frame)
+        hits += m.marking == marking
+        if size != (32, 32):  # 32-px shapes are read at the same (imperfect) rate as unmarked ones
+            body += (m.colour, m.shape, m.background) == (spec.colour, spec.shape, spec.background)
+    assert hits == n, f"marking read back on {hits}/{n} renders"
+    assert body == n * 3 // 4, f"colour, shape and background right on {body}/{n * 3 // 4} marked renders"
+
+
+def test_marking_is_read_back_under_a_vae_like_blur():
+    n, hits, colours = 300, 0, 0
+    for frame, spec, marking, _ in _marked_frames(32, n, [(64, 64)]):
+        m = measure_frame(_blur(frame))
+        hits += m.marking == marking
+        colours += m.colour == spec.colour
+    assert hits >= 0.95 * n, f"marking read back on {hits}/{n} frames blurred by 1.4 px"
+    assert colours >= 0.95 * n, f"colour read back on {colours}/{n} frames blurred by 1.4 px"
+
+
+def test_unmarked_objects_have_no_marking_and_unmarked_renders_are_unchanged():
+    frames, state = render_clip("a yellow square sliding right on a light background", 161, seed=2)
+    assert state.markings is None and state.world_width is None
+    assert measure_frame(frames[0]).marking is None
+    # Renders recorded before markings and wider worlds existed: the default world is byte-identical.
+    assert hashlib.sha256(frames.tobytes()).hexdigest()[:16] == "78051ffe2847807e"
+    assert hashlib.sha256(sample_clip(np.random.default_rng(0), 21, 32, 48)[0].tobytes()).hexdigest()[:16] \
+        == "9dfa84f48b8d0a78"
+    long, _ = render_long_clip([("a red ring sliding left on a dark background", 41),
+                                ("a red ring orbiting on a dark background", 80)], seed=4)
+    assert hashlib.sha256(long.tobytes()).hexdigest()[:16] == "d5fa6c4972747375"
+
+
+def test_same_prompt_same_marking_new_prompt_new_draw():
+    red = "a red circle resting on a dark background"
+    drawn = []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        frames, state = render_long_clip([(red, 5), ("a blue ring floating on a light background", 5),
+                                          (red, 5)], rng=rng, markings=True)
+        marks = [measure_frame(frames[i]).marking for i in (0, 5, 10)]
+        assert marks[0] == marks[2] == state.markings[red]  # the prompt's marking comes back
+        assert marks[1] != "blue" and marks[0] != "red"
+        drawn.append(marks[0])
+    assert set(drawn) == set(marking_candidates("red"))  # uniform over the candidates
+    # The training sampler: the same scene with a band; off by default.
+    plain, prompt = sample_clip(5, 9)
+    marked, same = sample_clip(5, 9, markings=True)
+    assert prompt == same and measure_frame(marked[0]).marking in marking_candidates(parse_prompt(prompt).colour)
+    assert measure_frame(plain[0]).marking is None
+    frames, schedule = sample_switch_clip(3, 33, num_switches=2, latent_align=3, markings=True)
+    assert all(measure_frame(frames[s]).marking is not None for s, _ in schedule)
+
+
+# ------------------------------------------------------------------------------- wider world
+
+
+def test_sliding_object_leaves_a_wider_world_and_comes_back():
+    spec = parse_prompt("a green circle sliding left on a striped background")
+    _, state = render_clip(spec, 1, seed=9)
+    st = state.copy()
+    st.x, st.frame = 32.0, 0
+    world = 64 + 80.0
+    n = int(world / st.speed)  # one lap: it starts, and ends, fully in the frame
+    frames, end = render_clip(spec, n, seed=0, start_state=st, world_width=world, markings=True)
+    measures = [measure_frame(f) for f in frames]
+    present = np.array([m.centroid is not None for m in measures])
+    whole = np.array([m.area > 0.98 * measures[0].area for m in measures])  # not cut by an edge
+    assert present[0] and not present.all()  # it left the frame: frames with no object at all
+    gone = np.nonzero(~present)[0]
+    assert present[gone[-1] + 1:].any()  # and came back
+    # Not fully in from x = r to x = 64 - r on the next lap: (world - 64 + 2 r) / speed frames.
+    expected = (world - 64 + 2 * st.radius) / st.speed
+    first_out = int(np.argmin(whole))
+    back = first_out + int(np.argmax(whole[first_out:]))
+    assert abs((back - first_out) - expected) <= 3, (back - first_out, expected)
+    assert whole[0] and whole[-1] and end.world_width == world
+    assert (st.x - end.x) % world == pytest.approx((n * st.speed) % world)
+    # Partially out: cut by the frame's edge, not wrapped to the other side.
+    part = frames[first_out + 3]
+    assert np.abs(part[:, -8:].astype(int) - np.median(part, 1)[:, None].astype(int)).max() < 2
+
+
+# ---------------------------------------------------------------------------------- episodes
+
+
+def test_memory_episodes():
+    n_frames = 1 + 4 * 150  # 601 frames, 37.5 s
+    counts, bad, sink_wrong = {"revisit": 0, "return": 0}, [], 0
+    for seed in range(8):
+        ep = sample_memory_episode(seed, n_frames)
+        assert ep.frames.shape == (n_frames, 64, 64, 3)
+        starts = [s for s, _ in ep.schedule]
+        assert starts[0] == 0 and all((s + 3) % 12 == 0 for s in starts[1:]) and starts == sorted(set(starts))
+        prompts = [p for _, p in ep.schedule]
+        assert all(a != b for a, b in zip(prompts, prompts[1:]))
+        for e in ep.events:
+            counts[e.kind] += 1
+            assert 64 <= e.hidden_frames <= 128 and e.hidden_frames > 48, e
+            assert ep.markings[e.prompt] == e.marking
+            assert e.marking in marking_candidates(parse_prompt(e.prompt).colour)
+            m = measure_frame(ep.frames[e.frame])
+            if (m.marking, m.colour, m.clipped) != (e.marking, parse_prompt(e.prompt).colour, False):
+                bad.append((seed, e, m))
+            # The marking was out of view for hidden_frames frames before the event.
+            before = [measure_frame(f) for f in ep.frames[e.frame - e.hidden_frames:e.frame:8]]
+            if e.kind == "revisit":
+                assert all(b.marking != e.marking for b in before)  # B's marking differs from A's
+                i = max(k for k, (s, p) in enumerate(ep.schedule) if s < e.frame - e.hidden_frames)
+                first = ep.markings[ep.schedule[i - 1][1]]  # the episode's first scene, X
+                sink_wrong += first != e.marking
+                assert ep.schedule[i][1] == e.prompt and ep.schedule[i + 2][0] == e.frame
+            else:
+                assert any(b.centroid is None for b in before)  # the object left the frame
+    assert not bad, f"marking read back wrong at {len(bad)} events: {bad[:3]}"
+    assert counts["revisit"] >= 5 and counts["return"] >= 5, counts
+    assert sink_wrong == counts["revisit"]  # A's marking is never X's (X's colour leaves room)
+    again = sample_memory_episode(3, n_frames)
+    plan = memory_schedule(3, n_frames)
+    first = sample_memory_episode(3, n_frames)
+    assert again.schedule == plan.schedule == first.schedule and again.events == plan.events == first.events
+    np.testing.assert_array_equal(again.frames, first.frames)
+    assert plan.frames is None
+    only = memory_schedule(4, n_frames, kinds=("return",))
+    assert only.events and all(e.kind == "return" for e in only.events)
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        memory_schedule(0, 600)

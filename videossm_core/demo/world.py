@@ -16,6 +16,11 @@ Design choices that matter to the measurement and to the generator:
   ``measure_frame`` undoes the split before measuring. Every other motion keeps the object fully on
   screen inside a box.
 * Shapes are axis-aligned (never rotated): a square rotated by 45 degrees would be a diamond.
+* Hidden state, opt-in, for the memory benchmark: a *marking* (a band across the object's middle, in
+  one of ``MARKINGS``, never the body colour) that no prompt names, fixed per prompt within a video,
+  and a world wider than the frame (``world_width``) that a sliding object leaves and re-enters.
+  ``sample_memory_episode`` chains scenes so that a marking is out of view for 4-8 s, longer than the
+  generator's 3 s local window, and must then be recalled; ``measure_frame`` reads the marking back.
 * A clip's ``end_state`` is the state of the *next* frame, so continuing from it is seamless, and a
   prompt change keeps the object where it is (and its size); only the motion's own parameters, the
   colour, the shape and (if it changes) the background are new.
@@ -62,6 +67,18 @@ RADIUS_RANGE = (0.15, 0.2)
 _RING_INNER = 0.5  # inner radius of the ring, as a fraction of the outer one
 _SUPERSAMPLE = 4  # coverage samples per pixel and axis (anti-aliasing)
 _FG_THRESHOLD = 36.0  # max-channel difference from the background model that counts as foreground
+
+# Hidden markings: a horizontal band through the object's centre (pixel rows within MARK_BAND * radius
+# of its y, intersected with the shape) painted in a marking colour that no prompt names. Far apart in
+# Lab from each other; a scene's marking is never its body colour.
+MARKINGS: tuple[str, ...] = ("orange", "green", "purple", "white")
+MARK_BAND = 0.3
+
+
+def marking_candidates(colour: str) -> tuple[str, ...]:
+    """The markings an object of body colour ``colour`` may carry (drawn uniformly)."""
+    _check_word("colour", colour, tuple(COLOURS))
+    return tuple(m for m in MARKINGS if m != colour)
 
 
 def _check_word(kind: str, word: str, known: Sequence[str]) -> None:
@@ -176,9 +193,29 @@ class WorldState:
     motion_params: dict[str, Any] = field(default_factory=dict)
     background_params: dict[str, Any] = field(default_factory=dict)
     frame: int = 0  # frames rendered so far along the whole (long) clip
+    # prompt -> marking (the hidden band's colour name); None: objects carry no marking.
+    markings: dict[str, str] | None = None
+    # Width of the horizontal torus x lives on; None: the frame width. When wider, the frame shows
+    # x in [0, width) and a sliding object travels hidden through the rest.
+    world_width: float | None = None
 
     def copy(self) -> "WorldState":
         return copy.deepcopy(self)
+
+    @property
+    def torus(self) -> float:
+        """The width of the horizontal torus that x lives on."""
+        return self.width if self.world_width is None else self.world_width
+
+    @property
+    def marking(self) -> str | None:
+        """The current prompt's marking (None in a world without markings)."""
+        return None if self.markings is None else self.markings.get(self.spec.prompt())
+
+    def fully_visible(self) -> bool:
+        """The whole object (so its whole marking band) is inside the frame."""
+        lo_x, hi_x, _, _ = self.box()
+        return lo_x - 1e-9 <= self.x <= hi_x + 1e-9
 
     @property
     def extent(self) -> float:
@@ -268,7 +305,7 @@ def _init_motion(st: WorldState, rng: np.random.Generator, fresh: bool) -> None:
     # Walled motions: bring a straddling object inside the box first.
     anchor_x = st.x
     if not lo_x <= st.x <= hi_x:
-        right, left = (lo_x - st.x) % st.width, (st.x - hi_x) % st.width
+        right, left = (lo_x - st.x) % st.torus, (st.x - hi_x) % st.torus
         anchor_x = lo_x if right <= left else hi_x
         p["settle_dir"] = 1.0 if right <= left else -1.0
         p["settle_left"] = float(min(right, left))
@@ -336,12 +373,12 @@ def _step(st: WorldState) -> None:
     x0, y0 = st.x, st.y
 
     if motion in ("sliding left", "sliding right"):
-        st.x = (st.x + st.vx) % st.width
+        st.x = (st.x + st.vx) % st.torus
         return
     if p.get("settle_left", 0.0) > 0:  # still settling into the box after sliding
         move = min(max(st.speed, 0.5), p["settle_left"])
         p["settle_left"] -= move
-        st.x = (st.x + p["settle_dir"] * move) % st.width
+        st.x = (st.x + p["settle_dir"] * move) % st.torus
         if p["settle_left"] <= 1e-9:
             st.x = lo_x if p["settle_dir"] > 0 else hi_x
         return
@@ -406,33 +443,89 @@ def _inside(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
 
 
 def _object_alpha(st: WorldState) -> np.ndarray:
-    """Anti-aliased coverage [H, W] of the object, drawn on the horizontal torus."""
+    """Anti-aliased coverage [H, W] of the object: drawn on the horizontal torus when the world is the
+    frame's width, else cut by the frame's edges (the frame shows x in [0, width) of a wider world)."""
     h, w, r = st.height, st.width, st.radius
     alpha = np.zeros((h, w), np.float32)
     e = st.extent + 1
-    x0, x1 = int(math.floor(st.x - e)), int(math.ceil(st.x + e))
+    if st.world_width is not None and st.world_width > w:  # the copy of the object nearest the frame
+        ww = st.world_width
+        x_obj = min((st.x + k * ww for k in (-1, 0, 1)), key=lambda x: abs(x - w / 2))
+        if x_obj + e <= 0 or x_obj - e >= w:
+            return alpha
+    else:
+        x_obj = st.x
+    x0, x1 = int(math.floor(x_obj - e)), int(math.ceil(x_obj + e))
     y0, y1 = max(0, int(math.floor(st.y - e))), min(h, int(math.ceil(st.y + e)))
     if x1 - x0 > w:
         raise ValueError(f"object too large for a {w}-pixel-wide frame")
     if y1 <= y0:
         return alpha
     ss = _SUPERSAMPLE
-    xs = x0 + (np.arange((x1 - x0) * ss) + 0.5) / ss - st.x
+    xs = x0 + (np.arange((x1 - x0) * ss) + 0.5) / ss - x_obj
     ys = y0 + (np.arange((y1 - y0) * ss) + 0.5) / ss - st.y
     inside = _inside(st.spec.shape, xs[None, :], ys[:, None], r).astype(np.float32)
     patch = inside.reshape(y1 - y0, ss, x1 - x0, ss).mean((1, 3))
-    alpha[y0:y1, np.arange(x0, x1) % w] = patch  # columns wrap around the torus
+    if x_obj is not st.x:  # wider world: keep only the columns inside the frame
+        cols = np.arange(x0, x1)
+        keep = (cols >= 0) & (cols < w)
+        alpha[y0:y1, cols[keep]] = patch[:, keep]
+    else:
+        alpha[y0:y1, np.arange(x0, x1) % w] = patch  # columns wrap around the torus
     return alpha
 
 
-def _object_colour(st: WorldState) -> np.ndarray:
-    base = np.asarray(COLOURS[st.spec.colour], np.float32)
+def _band_rows(st: WorldState) -> np.ndarray:
+    """Boolean [H]: the pixel rows of the marking band (row centres within MARK_BAND * radius of y)."""
+    return np.abs(np.arange(st.height) + 0.5 - st.y) <= MARK_BAND * st.radius
+
+
+def _object_colour(st: WorldState, name: str | None = None) -> np.ndarray:
+    base = np.asarray(COLOURS[st.spec.colour if name is None else name], np.float32)
     return np.clip(base + np.asarray(st.colour_jitter, np.float32), 0, 255)
 
 
+def _render_frames(st: WorldState, num_frames: int) -> np.ndarray:
+    """Render ``num_frames`` frames from ``st`` (advanced in place); no randomness."""
+    height, width = st.height, st.width
+    background = _background_image(st.spec.background, st.background_params, height, width)
+    colour = _object_colour(st)
+    marking = st.marking
+    band = None if marking is None else _object_colour(st, marking)
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    for t in range(num_frames):
+        alpha = _object_alpha(st)[..., None]
+        if band is None:
+            frames[t] = np.rint(background + alpha * (colour - background)).astype(np.uint8)
+        else:
+            rows = np.where(_band_rows(st)[:, None, None], band, colour)  # [H, 1, 3]
+            frames[t] = np.rint(background + alpha * (rows - background)).astype(np.uint8)
+        _step(st)
+    return frames
+
+
 def _begin(spec: SceneSpec, height: int, width: int, rng: np.random.Generator,
-           start_state: WorldState | None) -> WorldState:
-    """The state for a clip's first frame: fresh, or continued from ``start_state`` (not modified)."""
+           start_state: WorldState | None, markings: bool = False,
+           world_width: float | None = None) -> WorldState:
+    """The state for a clip's first frame: fresh, or continued from ``start_state`` (not modified).
+
+    ``markings`` turns markings on (a state that has them keeps them); a prompt without a marking yet
+    draws one, after every other random number. ``world_width`` (if given) sets the world's width.
+    """
+    st = _begin_scene(spec, height, width, rng, start_state)
+    if world_width is not None:
+        if world_width < width:
+            raise ValueError(f"world_width must be >= the frame width {width}, got {world_width}")
+        st.world_width = float(world_width)
+    if markings and st.markings is None:
+        st.markings = {}
+    if st.markings is not None and spec.prompt() not in st.markings:
+        st.markings[spec.prompt()] = str(rng.choice(marking_candidates(spec.colour)))
+    return st
+
+
+def _begin_scene(spec: SceneSpec, height: int, width: int, rng: np.random.Generator,
+                 start_state: WorldState | None) -> WorldState:
     if height < 8 or width < 8:
         raise ValueError(f"frames must be at least 8x8 pixels, got {height}x{width}")
     if start_state is None:
@@ -459,8 +552,12 @@ def _begin(spec: SceneSpec, height: int, width: int, rng: np.random.Generator,
 
 def render_clip(spec: SceneSpec | str, num_frames: int, height: int = 64, width: int = 64,
                 seed: int | np.random.Generator | None = 0, *, rng: np.random.Generator | None = None,
-                start_state: WorldState | None = None) -> tuple[np.ndarray, WorldState]:
+                start_state: WorldState | None = None, markings: bool = False,
+                world_width: float | None = None) -> tuple[np.ndarray, WorldState]:
     """Render ``num_frames`` frames of one scene: ``(uint8 [T, H, W, 3], end_state)``.
+
+    ``markings=True`` paints each prompt's hidden marking band (see ``MARKINGS``; a continued state
+    that has markings keeps them); ``world_width`` makes the world wider than the frame.
 
     Deterministic for a given ``seed`` (an int or a numpy Generator; ``rng`` is an alias). With
     ``start_state`` (a previous clip's ``end_state``) the object continues where it was; the random
@@ -474,20 +571,14 @@ def render_clip(spec: SceneSpec | str, num_frames: int, height: int = 64, width:
         spec = parse_prompt(spec)
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    st = _begin(spec, height, width, gen, start_state)
-    background = _background_image(spec.background, st.background_params, height, width)
-    colour = _object_colour(st)
-    frames = np.empty((num_frames, height, width, 3), np.uint8)
-    for t in range(num_frames):
-        alpha = _object_alpha(st)[..., None]
-        frames[t] = np.rint(background + alpha * (colour - background)).astype(np.uint8)
-        _step(st)
-    return frames, st
+    st = _begin(spec, height, width, gen, start_state, markings, world_width)
+    return _render_frames(st, num_frames), st
 
 
 def render_long_clip(segments: Sequence[tuple[SceneSpec | str, int]], height: int = 64, width: int = 64,
                      seed: int | np.random.Generator | None = 0, *, rng: np.random.Generator | None = None,
-                     start_state: WorldState | None = None) -> tuple[np.ndarray, WorldState]:
+                     start_state: WorldState | None = None, markings: bool = False,
+                     world_width: float | None = None) -> tuple[np.ndarray, WorldState]:
     """Render consecutive segments ``[(spec, num_frames), ...]`` as one continuous clip.
 
     At each boundary the prompt may change colour, shape, motion and background while the object
@@ -500,7 +591,8 @@ def render_long_clip(segments: Sequence[tuple[SceneSpec | str, int]], height: in
     gen = _as_rng(rng if rng is not None else seed)
     state, parts = start_state, []
     for spec, n in segments:
-        frames, state = render_clip(spec, int(n), height, width, rng=gen, start_state=state)
+        frames, state = render_clip(spec, int(n), height, width, rng=gen, start_state=state,
+                                    markings=markings, world_width=world_width)
         parts.append(frames)
     return np.concatenate(parts), state
 
@@ -538,23 +630,26 @@ def _check_clip_frames(num_frames: int) -> None:
 
 
 def sample_clip(rng: int | np.random.Generator | None, num_frames: int, height: int = 64,
-                width: int = 64) -> tuple[np.ndarray, str]:
-    """A random single-prompt clip: ``(uint8 [T, H, W, 3], prompt)``. ``num_frames`` must be 1 + 4k."""
+                width: int = 64, markings: bool = False) -> tuple[np.ndarray, str]:
+    """A random single-prompt clip: ``(uint8 [T, H, W, 3], prompt)``. ``num_frames`` must be 1 + 4k.
+
+    ``markings=True``: the same scene, with a marking drawn for it (for training on marked objects)."""
     _check_clip_frames(num_frames)
     gen = _as_rng(rng)
     spec = sample_spec(gen)
-    frames, _ = render_clip(spec, num_frames, height, width, rng=gen)
+    frames, _ = render_clip(spec, num_frames, height, width, rng=gen, markings=markings)
     return frames, spec.prompt()
 
 
 def sample_switch_clip(rng: int | np.random.Generator | None, num_frames: int, height: int = 64,
                        width: int = 64, num_switches: int = 1,
-                       latent_align: int = 1) -> tuple[np.ndarray, list[tuple[int, str]]]:
+                       latent_align: int = 1, markings: bool = False) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """A random clip whose prompt changes ``num_switches`` times: ``(frames, [(start_frame, prompt), ...])``.
 
     The first entry starts at frame 0. Switches happen where a latent frame starts (video frame
     ``4 L - 3`` for latent frame ``L >= 1``), at latent frames that are multiples of ``latent_align``;
-    ``latent_align=3`` puts them on chunk boundaries (video frames 9, 21, 33, ...).
+    ``latent_align=3`` puts them on chunk boundaries (video frames 9, 21, 33, ...). ``markings=True``
+    gives each prompt a marking (drawn when the prompt first appears).
     """
     _check_clip_frames(num_frames)
     if num_switches < 0 or latent_align < 1:
@@ -570,8 +665,224 @@ def sample_switch_clip(rng: int | np.random.Generator | None, num_frames: int, h
     for _ in range(num_switches):
         specs.append(_mutate_spec(specs[-1], gen))
     lengths = [b - a for a, b in zip(starts, starts[1:] + [num_frames])]
-    frames, _ = render_long_clip(list(zip(specs, lengths)), height, width, rng=gen)
+    frames, _ = render_long_clip(list(zip(specs, lengths)), height, width, rng=gen, markings=markings)
     return frames, [(s, spec.prompt()) for s, spec in zip(starts, specs)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory episodes
+# ------------------------------------------------------------------------------------------------
+
+LOCAL_WINDOW_FRAMES = 48  # the generator's local attention window: 3 s at 16 fps
+_HIDDEN_RANGE = (64, 128)  # how long an episode hides a marking: 4-8 s at 16 fps
+
+
+@dataclass(frozen=True)
+class MemoryEvent:
+    """A marking that comes back after being out of view for longer than the local window.
+
+    ``kind``: "revisit" (scenes X -> A -> B -> A: A's prompt again) or "return" (A's sliding object
+    re-enters a world wider than the frame). ``frame``: the first video frame at which the marking is
+    fully visible again; ``hidden_frames``: the video frames before it during which it was not.
+    """
+
+    kind: str
+    frame: int
+    hidden_frames: int
+    prompt: str
+    marking: str
+
+
+@dataclass
+class MemoryEpisode:
+    """A long marked clip and its memory events.
+
+    ``frames`` is None when it came from ``memory_schedule`` (``render_memory_episode`` draws it);
+    ``states`` holds the world state at the start of each ``schedule`` entry.
+    """
+
+    frames: np.ndarray | None
+    schedule: list[tuple[int, str]]
+    events: list[MemoryEvent]
+    markings: dict[str, str]
+    states: list[WorldState] = field(default_factory=list, repr=False)
+
+
+def _draw_marking(spec: SceneSpec, rng: np.random.Generator, avoid: Sequence[str | None]) -> str:
+    """A marking for a new prompt: uniform among its candidates other than ``avoid``, when any remain."""
+    candidates = marking_candidates(spec.colour)
+    kept = [m for m in candidates if m not in avoid]
+    return str(rng.choice(kept or list(candidates)))
+
+
+class _Planner:
+    """Builds a memory episode scene by scene by stepping the world (no rendering)."""
+
+    def __init__(self, rng: np.random.Generator, num_frames: int, height: int, width: int, chunk_frames: int):
+        self.rng, self.num_frames, self.height, self.width = rng, num_frames, height, width
+        self.chunk_frames = chunk_frames
+        self.state: WorldState | None = None
+        self.chunk = 0  # the next segment starts at this chunk
+        self.schedule: list[tuple[int, str]] = []
+        self.states: list[WorldState] = []
+        self.events: list[MemoryEvent] = []
+
+    def start(self, chunk: int) -> int:
+        return 0 if chunk == 0 else self.chunk_frames * chunk - 3
+
+    @property
+    def done(self) -> bool:
+        return self.start(self.chunk) >= self.num_frames
+
+    def seen(self, spec: SceneSpec) -> bool:
+        return self.state is not None and spec.prompt() in self.state.markings
+
+    def next_spec(self, walled: bool) -> SceneSpec:
+        """A new prompt (never seen in this video) that differs from the current scene."""
+        prev = self.state.spec if self.state is not None else None
+        for _ in range(1000):
+            spec = sample_spec(self.rng) if prev is None else _mutate_spec(prev, self.rng)
+            if walled and spec.motion not in _WALLED:
+                continue
+            if not self.seen(spec):
+                return spec
+        raise RuntimeError("no new scene found")  # 1120 prompts: not reached in practice
+
+    def begin(self, spec: SceneSpec, marking: str | None = None, world_width: float | None = None) -> None:
+        if self.state is not None and marking is not None and not self.seen(spec):
+            self.state.markings[spec.prompt()] = marking
+        self.state = _begin(spec, self.height, self.width, self.rng, self.state, True, world_width)
+        self.schedule.append((self.start(self.chunk), spec.prompt()))
+        self.states.append(self.state.copy())
+
+    def run(self, chunks: int) -> list[bool]:
+        """Advance the current scene by whole chunks (fewer at the clip's end); per frame: fully visible?"""
+        end = min(self.start(self.chunk + chunks), self.num_frames)
+        visible = []
+        for _ in range(self.start(self.chunk), end):
+            visible.append(self.state.fully_visible())
+            _step(self.state)
+        self.chunk += chunks
+        return visible
+
+    def run_until_visible(self, chunks: int, extra: int = 4) -> None:
+        """``chunks`` chunks, then up to ``extra`` more while the object is not fully in the frame."""
+        self.run(chunks)
+        while extra and not self.done and not self.state.fully_visible():
+            self.run(1)
+            extra -= 1
+
+    def marking(self) -> str:
+        return self.state.marking
+
+    def revisit(self) -> None:
+        rng = self.rng
+        x = self.next_spec(walled=True)
+        self.begin(x, _draw_marking(x, rng, ()))
+        self.run_until_visible(int(rng.integers(3, 6)))
+        a = self.next_spec(walled=True)
+        if self.done:
+            return
+        self.begin(a, _draw_marking(a, rng, (self.marking(),)))
+        self.run(int(rng.integers(3, 6)))
+        b = self.next_spec(walled=True)
+        if self.done:
+            return
+        self.begin(b, _draw_marking(b, rng, (self.state.markings[a.prompt()],)))
+        lo, hi = (-(-_HIDDEN_RANGE[0] // self.chunk_frames), _HIDDEN_RANGE[1] // self.chunk_frames)
+        hidden_start = self.start(self.chunk)
+        self.run(int(rng.integers(lo, hi + 1)))
+        if self.done:
+            return
+        self.begin(a)  # the same prompt string: the state gives its marking back
+        frame = self.start(self.chunk)
+        if self.state.fully_visible():
+            self.events.append(MemoryEvent("revisit", frame, frame - hidden_start, a.prompt(), self.marking()))
+        self.run(3)
+
+    def return_(self) -> None:
+        rng, w = self.rng, self.width
+        x = self.next_spec(walled=True)
+        self.begin(x, _draw_marking(x, rng, ()))
+        self.run_until_visible(int(rng.integers(3, 6)))
+        if self.done or not self.state.fully_visible():
+            return
+        st = self.state
+        motion = "sliding right" if st.x < w / 2 else "sliding left"  # towards the farther edge
+        for _ in range(1000):
+            a = _mutate_spec(st.spec, rng).replace(motion=motion)
+            if not self.seen(a):
+                break
+        # Hidden from the last frame fully in (x = w - e, sliding right) to the first one fully back
+        # (x = W + e): (W - w + 2 e) / v frames; W >= w + 2 e + 4 so that it is fully out for a while.
+        v, e = st.speed, st.extent
+        lo = max(_HIDDEN_RANGE[0] + 2.0, (4 * e + 4) / v + 2.0)
+        hidden = rng.uniform(lo, max(lo, _HIDDEN_RANGE[1] - 10.0))
+        self.begin(a, _draw_marking(a, rng, (self.marking(),)), world_width=w - 2 * e + hidden * v)
+        prompt, marking = a.prompt(), self.marking()
+        frame = self.start(self.chunk)
+        last_seen, event = None, None
+        while not self.done:
+            for t, vis in enumerate(self.run(1), frame):
+                if event is None and vis and last_seen is not None and t - last_seen > 1:
+                    event = MemoryEvent("return", t, t - last_seen - 1, prompt, marking)
+                if vis:
+                    last_seen = t
+            frame = self.start(self.chunk)
+            if event is not None and frame >= event.frame + 2 * self.chunk_frames:
+                self.events.append(event)
+                return
+
+
+def memory_schedule(rng: int | np.random.Generator | None, num_frames: int, height: int = 64, width: int = 64,
+                    kinds: Sequence[str] = ("revisit", "return"), chunk_frames: int = 12) -> MemoryEpisode:
+    """Plan a long marked clip of chained memory episodes without rendering it (``frames`` is None).
+
+    Prompts change only where a chunk starts (video frame ``chunk_frames * c - 3`` for chunk c >= 1).
+    Each episode picks its kind with ``rng`` among ``kinds`` and continues the object from the previous:
+
+    * "revisit": X (3-5 chunks) -> A (3-5) -> B (64-128 frames: 6-10 chunks) -> A again (3 chunks);
+      the event is at the second A's first frame, A's marking hidden for B's length.
+    * "return": X (3-5 chunks, not sliding) -> A sliding towards the farther edge in a world made
+      wider than the frame so that the object, visible for >= 1 chunk, leaves and comes fully back
+      after 64-128 frames; A lasts until >= 2 chunks after that. Only the world knows when the object
+      returns: a generator decides that itself, so a benchmark finds returns in its own frames.
+
+    X and B take walled (never sliding) motions so that the object stays fully in view; X may run up
+    to 4 more chunks while it settles back into the frame after a return. Every scene's prompt is new
+    to the video. Marking rule: X draws uniformly among its candidates; A among its candidates other
+    than X's marking, and B among its candidates other than A's (when any remain), so a model that
+    copies the first scene of an episode or the latest marking it saw is wrong. Events that do not
+    complete before ``num_frames`` are dropped. Deterministic for a given seed.
+    """
+    _check_clip_frames(num_frames)
+    kinds = tuple(kinds)
+    if not kinds or any(k not in ("revisit", "return") for k in kinds):
+        raise ValueError(f"kinds must be a non-empty subset of ('revisit', 'return'), got {kinds}")
+    if chunk_frames < 4 or chunk_frames % 4:
+        raise ValueError(f"chunk_frames must be a positive multiple of 4, got {chunk_frames}")
+    planner = _Planner(_as_rng(rng), num_frames, height, width, chunk_frames)
+    while not planner.done:
+        kind = kinds[int(planner.rng.integers(len(kinds)))]
+        planner.revisit() if kind == "revisit" else planner.return_()
+    events = [e for e in planner.events if e.frame < num_frames]
+    return MemoryEpisode(None, planner.schedule, events, dict(planner.state.markings), planner.states)
+
+
+def render_memory_episode(episode: MemoryEpisode, num_frames: int) -> np.ndarray:
+    """Render a planned episode's ``num_frames`` frames (no randomness: from its recorded states)."""
+    starts = [s for s, _ in episode.schedule] + [num_frames]
+    return np.concatenate([_render_frames(st.copy(), b - a)
+                           for st, a, b in zip(episode.states, starts, starts[1:])])
+
+
+def sample_memory_episode(rng: int | np.random.Generator | None, num_frames: int, height: int = 64,
+                          width: int = 64, kinds: Sequence[str] = ("revisit", "return"),
+                          chunk_frames: int = 12) -> MemoryEpisode:
+    """``memory_schedule`` (same schedule and events for the same seed) with its frames rendered."""
+    episode = memory_schedule(rng, num_frames, height, width, kinds, chunk_frames)
+    episode.frames = render_memory_episode(episode, num_frames)
+    return episode
 
 
 # ------------------------------------------------------------------------------------------------
@@ -587,6 +898,8 @@ class FrameMeasure:
     object's coverage in pixels (anti-aliased edges count fractionally). ``colour``/``shape``/
     ``centroid`` are None when no object is found. ``clipped`` is True when a frame edge cuts the
     object (not for an object wrapping round the left/right edges); its shape is then unreliable.
+    ``marking`` names the band across the object's middle among ``marking_candidates(colour)``; None
+    when there is no object or its middle rows have the body colour.
     """
 
     colour: str | None
@@ -595,6 +908,7 @@ class FrameMeasure:
     area: float
     background: str
     clipped: bool = False
+    marking: str | None = None
 
 
 def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -611,10 +925,37 @@ _COLOUR_NAMES = list(COLOURS)
 _COLOUR_LAB = _srgb_to_lab(np.array([COLOURS[c] for c in _COLOUR_NAMES], np.float64))
 
 
-def classify_colour(rgb: Sequence[float]) -> str:
-    """Nearest reference colour (in Lab) to an RGB triple in [0, 255]."""
+def classify_colour(rgb: Sequence[float], among: Sequence[str] | None = None) -> str:
+    """Nearest reference colour (in Lab) to an RGB triple in [0, 255], among ``among`` (default all)."""
     lab = _srgb_to_lab(np.asarray(rgb, np.float64))
-    return _COLOUR_NAMES[int(np.argmin(((_COLOUR_LAB - lab) ** 2).sum(-1)))]
+    if among is None:
+        return _COLOUR_NAMES[int(np.argmin(((_COLOUR_LAB - lab) ** 2).sum(-1)))]
+    refs = _COLOUR_LAB[[_COLOUR_NAMES.index(n) for n in among]]
+    return among[int(np.argmin(((refs - lab) ** 2).sum(-1)))]
+
+
+def _core_rgb(img: np.ndarray, diff: np.ndarray, region: np.ndarray) -> np.ndarray | None:
+    """Median colour of the most contrasted pixels of ``region`` (None if it is empty)."""
+    if not region.any():
+        return None
+    core = region & (diff >= 0.7 * np.percentile(diff[region], 95))
+    return np.median(img[core], axis=0)
+
+
+def _read_marking(img: np.ndarray, diff: np.ndarray, blob: np.ndarray):
+    """``(body rgb, body colour, band rgb, marking)`` of a marked blob, or None when its middle rows
+    have the body colour. The band is centred on the blob's mean row; its half height is about
+    0.3 radius, and the radius about half the blob's height (0.8 to 1.1 of it, by shape)."""
+    ys = np.nonzero(blob)[0]
+    cy, radius = ys.mean() + 0.5, (ys.max() - ys.min() + 1) / 2
+    dy = np.abs(np.arange(img.shape[0]) + 0.5 - cy)[:, None]
+    body_rgb = _core_rgb(img, diff, blob & (dy > 0.375 * radius + 1.0))
+    band_rgb = _core_rgb(img, diff, blob & (dy <= 0.15 * radius + 0.5))
+    if body_rgb is None or band_rgb is None:
+        return None
+    colour = classify_colour(body_rgb)
+    marking = classify_colour(band_rgb, (colour, *marking_candidates(colour)))
+    return None if marking == colour else (body_rgb, colour, band_rgb, marking)
 
 
 def classify_background(rows: np.ndarray) -> str:
@@ -764,26 +1105,40 @@ def measure_frame(frame: np.ndarray, background: str | np.ndarray | None = None)
     if blob.sum() < 3:
         return FrameMeasure(None, None, None, 0.0, name, False)
 
-    # Colour: median of the most contrasted (fully covered) pixels, named in Lab.
-    strength = diff[blob]
-    core = blob & (diff >= 0.7 * np.percentile(strength, 95))
-    rgb = np.median(img[core], axis=0)
-    colour = classify_colour(rgb)
+    # Colour: median of the most contrasted (fully covered) pixels, named in Lab; for a marked object,
+    # of those outside its middle rows.
+    marked = _read_marking(img, diff, blob)
+    if marked is None:
+        rgb = _core_rgb(img, diff, blob)
+        colour, band_rgb, marking = classify_colour(rgb), None, None
+    else:
+        rgb, colour, band_rgb, marking = marked
 
     # Coverage: project each pixel onto the background->object colour line, near the blob only,
-    # so that shape and area do not depend on the object's contrast with the background.
+    # so that shape and area do not depend on the object's contrast with the background. A marked
+    # object's pixels take the band's or the body's line, whichever fits them better.
     near = blob.copy()
     for dy, dx in _N8:
         near |= _shift(blob, dy, dx)
-    direction = rgb[None, None, :] - bg
-    alpha = ((img - bg) * direction).sum(-1) / np.maximum((direction**2).sum(-1), 1.0)
-    alpha = np.where(near, np.clip(alpha, 0.0, 1.0), 0.0)
+    alpha = _project(img, bg, rgb)
+    if band_rgb is not None:
+        alpha_band = _project(img, bg, band_rgb)
+        miss = lambda a, c: (((img - bg) - a[..., None] * (c[None, None, :] - bg)) ** 2).sum(-1)
+        alpha = np.where(miss(alpha_band, band_rgb) < miss(alpha, rgb), alpha_band, alpha)
+    alpha = np.where(near, alpha, 0.0)
     area = float(alpha.sum())
     ys, xs = np.mgrid[0:h, 0:w] + 0.5
     cy = float((alpha * ys).sum() / max(area, 1e-6))
     cx = float(((alpha * xs).sum() / max(area, 1e-6) + roll) % w)
     solid = alpha >= 0.5
-    return FrameMeasure(colour, classify_shape(solid), (cx, cy), area, name, _is_cut(solid, roll == 0))
+    return FrameMeasure(colour, classify_shape(solid), (cx, cy), area, name, _is_cut(solid, roll == 0), marking)
+
+
+def _project(img: np.ndarray, bg: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """Coverage [H, W] in [0, 1]: each pixel projected onto the background->``rgb`` colour line."""
+    direction = rgb[None, None, :] - bg
+    alpha = ((img - bg) * direction).sum(-1) / np.maximum((direction**2).sum(-1), 1.0)
+    return np.clip(alpha, 0.0, 1.0)
 
 
 def _is_cut(solid: np.ndarray, sides: bool) -> bool:
