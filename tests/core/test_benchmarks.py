@@ -224,3 +224,92 @@ def test_bench_state_saves_a_state_of_the_asked_shape_and_reports_the_policy(tmp
     assert figures["default_interval_s"] >= 60 and figures["share_at_default_policy"] <= 0.05 + 1e-9
     assert "default policy saves every" in capsys.readouterr().out
     assert not (tmp_path / "files").exists()  # the benchmark cleans up its files
+
+
+# ---------------------------------------------------------------------------------------------- bench_memory
+
+def _bench_memory():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_memory.py"
+    spec = importlib.util.spec_from_file_location("bench_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _forgetful(episode):
+    """The episode's frames with every hidden marking that comes back replaced by another candidate: from a
+    revisit's first frame, and from a return's first fully visible frame (the same motion, rendered again)."""
+    import copy
+
+    from videossm_core.demo import world
+
+    alt = copy.copy(episode)
+    alt.states = [st.copy() for st in episode.states]
+    frames = episode.frames.copy()
+    starts = [s for s, _ in episode.schedule] + [len(frames)]
+    changed = []
+    for i, (start, prompt) in enumerate(episode.schedule):
+        events = [e for e in episode.events if start <= e.frame < starts[i + 1]]
+        if events:
+            colour = world.parse_prompt(prompt).colour
+            other = next(m for m in world.marking_candidates(colour) if m != episode.markings[prompt])
+            alt.states[i].markings = {**alt.states[i].markings, prompt: other}
+            changed.append((i, events[0].frame))
+    rendered = world.render_memory_episode(alt, len(frames))
+    for i, frame in changed:
+        frames[frame:starts[i + 1]] = rendered[frame:starts[i + 1]]
+    return frames
+
+
+def test_memory_bench_reads_every_recall_on_the_world_and_none_when_the_world_forgets():
+    """The benchmark's recall reads the world's own episodes right (every revisit and return found and recalled,
+    every chunk's prompt matched at once), and reads no recall at all when each returning marking is swapped."""
+    from collections import Counter
+
+    from videossm_core.demo import world
+
+    bench = _bench_memory()
+    episode = world.sample_memory_episode(np.random.default_rng(4), 1 + 4 * (90 * 16 // 4))  # 90 s: 3 of each
+    kinds = Counter(e.kind for e in episode.events)
+    assert kinds["revisit"] >= 2 and kinds["return"] >= 2, kinds
+    seen = bench.measure_video(episode.frames, episode.schedule)
+    assert len(seen["revisits"]) == kinds["revisit"] and all(e["recalled"] for e in seen["revisits"])
+    assert len(seen["returns"]) == kinds["return"] and all(e["recalled"] for e in seen["returns"])
+    assert seen["prompt_ok"] == seen["prompt_n"] > 0 and set(seen["switch_latencies"]) == {0}
+    assert seen["sink_copy_chunks"] == 0
+    forgot = bench.measure_video(_forgetful(episode), episode.schedule)
+    assert len(forgot["revisits"]) == kinds["revisit"] and not any(e["recalled"] for e in forgot["revisits"])
+    assert len(forgot["returns"]) == kinds["return"] and not any(e["recalled"] for e in forgot["returns"])
+    # the first scene's marking where A's was another: what copying the sink looks like
+    copied = bench.measure_video(episode.frames, episode.schedule)["revisits"][0]
+    assert copied["copied_first"] is False
+
+
+def test_wilson_intervals():
+    bench = _bench_memory()
+    rate, low, high = bench.wilson(0, 10)
+    assert rate == 0 and low == 0 and abs(high - 0.2775) < 1e-3
+    rate, low, high = bench.wilson(10, 10)
+    assert rate == 1 and abs(low - 0.7225) < 1e-3 and high == 1
+    rate, low, high = bench.wilson(30, 60)
+    assert low < 0.5 < high and abs((high - low) - 0.2458) < 2e-3
+    assert all(x != x for x in bench.wilson(0, 0))
+
+
+def test_memory_bench_small_mode_prints_the_table(tmp_path, capsys):
+    """CI's run of bench_memory: one seed, 40 s, the shipped generator under the three stream settings. The world's
+    own episodes through the shipped VAE are the measurement's ceiling: recall read right on every counted event."""
+    import json
+
+    bench = _bench_memory()
+    assert bench.main(["--small", "--json", str(tmp_path / "memory.json")]) == 0
+    out = capsys.readouterr().out
+    for name in ("world", "hybrid", "sink", "window", "revisit recall", "return recall", "prompt acc"):
+        assert name in out
+    results = json.loads((tmp_path / "memory.json").read_text())["results"]
+    assert set(results) == {"world", "hybrid", "sink", "window"}
+    world_row = results["world"]
+    assert world_row["revisit_counted"] + world_row["return_counted"] >= 1
+    for key in ("revisit_recall", "return_recall"):
+        if world_row[key.replace("recall", "counted")]:
+            assert world_row[key][0] >= 0.99, (key, world_row[key])

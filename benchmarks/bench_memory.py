@@ -1,0 +1,380 @@
+"""Does the global memory earn its place? Hidden-attribute recall of three memories tuned with one recipe.
+
+    python benchmarks/bench_memory.py --hybrid runs/recall/hybrid --sink runs/recall/sink --window runs/recall/window \
+        --vae runs/vae_marked [--seeds 6] [--minutes 3] [--json outputs/bench_memory.json]
+    python benchmarks/bench_memory.py --small      # CI: the shipped generator under the three stream settings
+
+For every variant and seed the generator streams a long video over a schedule of the world's memory episodes
+(``world.sample_memory_episode``: revisits X -> A -> B -> A, and scenes whose object slides out of a world wider than
+the frame and comes back), the video is decoded chunk by chunk and every other frame is read back with the world's
+own ``measure_frame`` (no learned judge). Each scene's marking is hidden (never in the prompt) and the generator
+draws one when the scene first appears; what is measured is whether the *same* marking comes back:
+
+- **recall after a revisit**: the marking in the first 2 chunks of A's second visit equals the one A showed at the
+  end of its first visit (events where A showed none are not counted; a revisit that shows none is a miss);
+- **recall after a return**: in a sliding scene, the object is out of view for >= 3 s (longer than the window) and
+  re-enters: the marking after equals the marking before;
+- **chance**: a marking drawn afresh matches with probability 1 / (markings possible for that colour);
+- **copies of the first scene** (what a sink alone would do): a revisit's marking equal to the first scene's while
+  A's was another; and chunks whose colour and shape are the first scene's while the prompt asks for others;
+- **dynamic degree per minute** beside the world's own for the same episodes (freezing: ratio << 1);
+- **prompt accuracy** (colour and shape of the chunks that show the whole object) and **switch latency** (chunks until the new
+  prompt's colour and shape show; rate within 2 chunks).
+
+Rates pool the events of all seeds, with Wilson 95 % intervals. The world's own frames, passed through the same VAE,
+are measured the same way (the "world" row): the ceiling of what the measurement can read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from typing import Any, Sequence
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+WINDOW_VIDEO_FRAMES = 48  # the local window (12 latent frames): a marking hidden longer must come from elsewhere
+VARIANT_ORDER = ("hybrid", "sink", "window")
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
+    """Rate ``k / n`` with its Wilson 95 % interval ``(rate, low, high)``; NaNs for n = 0."""
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def majority(values: Sequence[Any]) -> Any:
+    found = [v for v in values if v is not None]
+    return Counter(found).most_common(1)[0][0] if found else None
+
+
+# ---------------------------------------------------------------------------------------------- per-frame reading
+
+def chunk_start_frame(chunk: int, chunk_frames: int = 12) -> int:
+    """First video frame of latent chunk ``chunk`` (the first chunk holds 9 frames, every later one 12)."""
+    return 0 if chunk == 0 else chunk_frames * chunk - 3
+
+
+def read_frames(frames: np.ndarray, stride: int = 2) -> list[dict[str, Any]]:
+    """``world.measure_frame`` of every ``stride``-th frame as plain dicts (frame index, colour, shape, marking,
+    found, clipped)."""
+    from videossm_core.demo import world
+
+    rows = []
+    for t in range(0, len(frames), stride):
+        m = world.measure_frame(frames[t])
+        rows.append({"frame": t, "colour": m.colour, "shape": None if m.clipped else m.shape,
+                     "marking": None if m.clipped else m.marking, "found": m.colour is not None,
+                     "clipped": m.clipped})
+    return rows
+
+
+def rows_between(rows: list[dict[str, Any]], start: int, end: int) -> list[dict[str, Any]]:
+    return [r for r in rows if start <= r["frame"] < end]
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+
+def scenes_of(schedule: Sequence[tuple[int, str]], total_frames: int) -> list[dict[str, Any]]:
+    """The schedule ``[(start video frame, prompt), ...]`` as scenes with their frame ranges and visit number."""
+    seen: Counter = Counter()
+    scenes = []
+    bounds = [f for f, _ in schedule] + [total_frames]
+    for (start, prompt), end in zip(schedule, bounds[1:]):
+        scenes.append({"start": start, "end": end, "prompt": prompt, "visit": seen[prompt]})
+        seen[prompt] += 1
+    return scenes
+
+
+def revisit_events(rows: list[dict[str, Any]], scenes: list[dict[str, Any]], chunk_frames: int = 12) -> list[dict]:
+    """One record per revisited scene: the marking at the end of its previous visit (last 2 chunks), the marking in
+    the first 2 chunks of the revisit, the first scene's marking, and whether the revisit recalled it."""
+    first_marking = majority([r["marking"] for r in rows_between(rows, scenes[0]["start"], scenes[0]["end"])])
+    out = []
+    for i, scene in enumerate(scenes):
+        if scene["visit"] == 0:
+            continue
+        previous = next(s for s in reversed(scenes[:i]) if s["prompt"] == scene["prompt"])
+        hidden = scene["start"] - previous["end"]
+        if hidden <= WINDOW_VIDEO_FRAMES:
+            continue  # still in the window: not a memory event
+        before = majority([r["marking"] for r in rows_between(
+            rows, max(previous["start"], previous["end"] - 2 * chunk_frames), previous["end"])])
+        after = majority([r["marking"] for r in rows_between(
+            rows, scene["start"], min(scene["end"], scene["start"] + 2 * chunk_frames))])
+        out.append({"frame": scene["start"], "prompt": scene["prompt"], "hidden_frames": hidden,
+                    "before": before, "after": after, "first_scene": first_marking,
+                    "recalled": before is not None and after == before,
+                    "copied_first": (before is not None and after is not None and after == first_marking
+                                     and before != first_marking)})
+    return out
+
+
+def return_events(rows: list[dict[str, Any]], scenes: list[dict[str, Any]], window: int = 12) -> list[dict]:
+    """In each scene whose object slides: the first time its marking is out of view for longer than the local
+    window, with the object wholly gone for a while in between (it left the frame), and comes back. The marking of
+    the last ``window`` frames before (fully visible frames only) against the first ``window`` after."""
+    out = []
+    for scene in scenes:
+        if "sliding" not in scene["prompt"]:
+            continue
+        seen = rows_between(rows, scene["start"], scene["end"])
+        readable = [k for k, r in enumerate(seen) if r["found"] and not r["clipped"]]
+        for a, b in zip(readable, readable[1:]):
+            gone = any(not r["found"] for r in seen[a + 1:b])
+            if gone and seen[b]["frame"] - seen[a]["frame"] > WINDOW_VIDEO_FRAMES:
+                before = majority([seen[k]["marking"] for k in readable if k <= a][-window // 2:])
+                after = majority([seen[k]["marking"] for k in readable if k >= b][:window // 2])
+                out.append({"frame": seen[b]["frame"], "prompt": scene["prompt"],
+                            "hidden_frames": seen[b]["frame"] - seen[a]["frame"], "before": before, "after": after,
+                            "recalled": before is not None and after == before})
+                break
+    return out
+
+
+def chance_of(prompt: str) -> float:
+    from videossm_core.demo import world
+
+    return 1.0 / len(world.marking_candidates(world.parse_prompt(prompt).colour))
+
+
+def chunk_table(rows: list[dict[str, Any]], scenes: list[dict[str, Any]], total_frames: int,
+                chunk_frames: int = 12) -> list[dict[str, Any]]:
+    """Per chunk: the active prompt, what shows (majority colour and shape), chunks since the scene started."""
+    from videossm_core.demo import world
+
+    table, chunk = [], 0
+    while chunk_start_frame(chunk, chunk_frames) < total_frames:
+        a, b = chunk_start_frame(chunk, chunk_frames), chunk_start_frame(chunk + 1, chunk_frames)
+        scene = next(s for s in scenes if s["start"] <= a < s["end"])
+        part = rows_between(rows, a, b)
+        spec = world.parse_prompt(scene["prompt"])
+        colour, shape = majority([r["colour"] for r in part]), majority([r["shape"] for r in part])
+        # In view: most of its frames show the whole object (not a chunk where it slides out of a wider world).
+        in_view = sum(r["found"] and not r["clipped"] for r in part) * 2 >= len(part)
+        table.append({"chunk": chunk, "prompt": scene["prompt"], "scene_start": scene["start"],
+                      "found": any(r["found"] for r in part), "in_view": in_view, "colour": colour, "shape": shape,
+                      "ok": colour == spec.colour and shape == spec.shape})
+        chunk += 1
+    return table
+
+
+def dynamic_degree_per_minute(frames: np.ndarray, fps: int = 16) -> list[float]:
+    per_minute = []
+    for start in range(0, len(frames) - 1, 60 * fps):
+        seg = frames[start:start + 60 * fps + 1].astype(np.float32)
+        if len(seg) > 30 * fps or start == 0:
+            per_minute.append(float(np.abs(np.diff(seg, axis=0)).mean() / 255.0))
+    return per_minute
+
+
+def measure_video(frames: np.ndarray, schedule: Sequence[tuple[int, str]]) -> dict[str, Any]:
+    """Every measurement of one video against its schedule (video frames)."""
+    from videossm_core.demo import world
+
+    rows = read_frames(frames)
+    scenes = scenes_of(schedule, len(frames))
+    table = chunk_table(rows, scenes, len(frames))
+    first = world.parse_prompt(scenes[0]["prompt"])
+    latencies = []
+    for scene in scenes[1:]:
+        chunks = [c for c in table if c["scene_start"] == scene["start"]]
+        latencies.append(next((i for i, c in enumerate(chunks) if c["ok"]), None))
+    shown = [c for c in table if c["in_view"]]
+    later = [c for c in table if c["scene_start"] > 0]
+    sink_copies = [c for c in later if (c["colour"], c["shape"]) == (first.colour, first.shape)
+                   and (world.parse_prompt(c["prompt"]).colour, world.parse_prompt(c["prompt"]).shape)
+                   != (first.colour, first.shape)]
+    return {"revisits": revisit_events(rows, scenes), "returns": return_events(rows, scenes),
+            "prompt_ok": sum(c["ok"] for c in shown), "prompt_n": len(shown),
+            "found": sum(c["found"] for c in table) / max(1, len(table)),
+            "switch_latencies": latencies, "sink_copy_chunks": len(sink_copies), "later_chunks": len(later),
+            "dynamic_degree_per_minute": dynamic_degree_per_minute(frames)}
+
+
+# ---------------------------------------------------------------------------------------------- generation
+
+def episode_schedule(seed: int, seconds: float, height: int = 64, width: int = 64, fps: int = 16):
+    """The world's memory episodes for ``seconds`` of video: ``(frames, schedule)``, frames its own render."""
+    from videossm_core.demo import world
+
+    num_frames = 1 + 4 * (int(seconds * fps) // 4)
+    episode = world.sample_memory_episode(np.random.default_rng(10_000 + seed), num_frames, height, width)
+    return episode.frames, [(int(f), p) for f, p in episode.schedule]
+
+
+def generate(model, vae, encoder, schedule, num_frames: int, stream, sampling, seed: int) -> np.ndarray:
+    """Stream the generator over ``schedule`` (video frames, switches on chunk starts) and decode: uint8 frames."""
+    import torch
+
+    from videossm_core.training.evaluate import stream_decoded_chunks
+
+    def encode(prompt: str):
+        with torch.no_grad():
+            return encoder.encode([prompt]).float()
+
+    segments = [(0 if f == 0 else (f + 3) // 12, p) for f, p in schedule]  # video frame -> chunk
+    num_chunks = -(-(num_frames + 3) // 12)  # ceil: the last chunk may run past the end
+    parts = [frames for _, _, frames in stream_decoded_chunks(model, vae, encode, segments, num_chunks, (16, 16),
+                                                              stream, sampling, seed)]
+    return np.concatenate(parts)[:num_frames]
+
+
+def through_vae(frames: np.ndarray, vae) -> np.ndarray:
+    """The world's own frames encoded and decoded chunk by chunk by ``vae`` (what the measurement can read)."""
+    import torch
+
+    from videossm_core.training.data import frames_to_tensor, tensor_to_frames
+
+    encoder, decoder = vae.stream_encoder(), vae.stream_decoder()
+    out, chunk = [], 0
+    with torch.no_grad():
+        while chunk_start_frame(chunk) < len(frames):
+            x = frames_to_tensor(frames[chunk_start_frame(chunk):chunk_start_frame(chunk + 1)])
+            out.append(tensor_to_frames(decoder.decode_chunk(encoder.encode_chunk(x.to(vae.device, vae.dtype))).float())[0])
+            chunk += 1
+    return np.concatenate(out)[:len(frames)]
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+def summarise(videos: list[dict[str, Any]], world_dd: list[list[float]]) -> dict[str, Any]:
+    """Pool the per-seed measurements of one variant."""
+    rev = [e for v in videos for e in v["revisits"]]
+    ret = [e for v in videos for e in v["returns"]]
+    rev_counted = [e for e in rev if e["before"] is not None]
+    ret_counted = [e for e in ret if e["before"] is not None]
+    lat = [x for v in videos for x in v["switch_latencies"]]
+    dd_ratio = [g / w for v, wd in zip(videos, world_dd) for g, w in zip(v["dynamic_degree_per_minute"], wd) if w > 0]
+    out = {
+        "revisit_recall": wilson(sum(e["recalled"] for e in rev_counted), len(rev_counted)),
+        "revisit_events": len(rev), "revisit_counted": len(rev_counted),
+        "revisit_chance": float(np.mean([chance_of(e["prompt"]) for e in rev_counted])) if rev_counted else float("nan"),
+        "revisit_copied_first": wilson(sum(e["copied_first"] for e in rev_counted), len(rev_counted)),
+        "return_recall": wilson(sum(e["recalled"] for e in ret_counted), len(ret_counted)),
+        "return_events": len(ret), "return_counted": len(ret_counted),
+        "return_chance": float(np.mean([chance_of(e["prompt"]) for e in ret_counted])) if ret_counted else float("nan"),
+        "prompt_accuracy": wilson(sum(v["prompt_ok"] for v in videos), sum(v["prompt_n"] for v in videos)),
+        "object_found": float(np.mean([v["found"] for v in videos])),
+        "switch_within_2": wilson(sum(x is not None and x < 2 for x in lat), len(lat)),
+        "sink_copy_chunks": wilson(sum(v["sink_copy_chunks"] for v in videos), sum(v["later_chunks"] for v in videos)),
+        "dd_ratio_to_world": (float(np.mean(dd_ratio)), float(np.min(dd_ratio)), float(np.max(dd_ratio)))
+        if dd_ratio else (float("nan"),) * 3,
+    }
+    return out
+
+
+def _fmt(rate) -> str:
+    p, lo, hi = rate
+    return "   n/a          " if p != p else f"{100 * p:5.1f} [{100 * lo:4.1f}-{100 * hi:5.1f}]"
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    head = (f"{'variant':8} | {'revisit recall %':18} {'chance':6} {'n':>4} | {'return recall %':18} {'chance':6} "
+            f"{'n':>4} | {'copied 1st %':18} | {'prompt acc %':18} | {'switch<=2 %':18} | {'sink-copy chunks %':18} | "
+            f"dd/world (min-max)")
+    print(head)
+    print("-" * len(head))
+    for name, r in results.items():
+        dd = r["dd_ratio_to_world"]
+        print(f"{name:8} | {_fmt(r['revisit_recall']):18} {100 * r['revisit_chance']:5.1f}% {r['revisit_counted']:4d} | "
+              f"{_fmt(r['return_recall']):18} {100 * r['return_chance']:5.1f}% {r['return_counted']:4d} | "
+              f"{_fmt(r['revisit_copied_first']):18} | {_fmt(r['prompt_accuracy']):18} | {_fmt(r['switch_within_2']):18} | "
+              f"{_fmt(r['sink_copy_chunks']):18} | {dd[0]:.2f} ({dd[1]:.2f}-{dd[2]:.2f})")
+
+
+def load_variant(path: str):
+    """A generator file or run folder and the stream settings it records (its own sink/window/memory)."""
+    import json as _json
+    from pathlib import Path
+
+    from videossm_core.config import SamplingConfig, StreamConfig
+    from videossm_core.demo.bundle import META_SAMPLING, META_STREAM, load_demo_generator, read_generator_metadata
+
+    p = Path(path)
+    if p.is_dir():
+        p = next(p / n for n in ("student.safetensors", "generator.safetensors") if (p / n).is_file())
+    meta = read_generator_metadata(p)
+    model, _ = load_demo_generator(p)
+    return (model.eval(), StreamConfig.from_dict(_json.loads(meta[META_STREAM])),
+            SamplingConfig.from_dict(_json.loads(meta[META_SAMPLING])))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in VARIANT_ORDER:
+        parser.add_argument(f"--{name}", help=f"the {name} variant: a recall run folder or generator file")
+    parser.add_argument("--vae", help="VAE file or run (default: the shipped demo VAE)")
+    parser.add_argument("--weights", help="demo files folder for the text encoder (and the VAE; default: shipped)")
+    parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--minutes", type=float, default=3.0, help="video length (>= 10x the 16 s training episodes)")
+    parser.add_argument("--small", action="store_true",
+                        help="CI: one seed, 40 s, the shipped generator under each variant's stream settings")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from videossm_core.config import StreamConfig
+    from videossm_core.demo.bundle import load_demo_bundle
+    from videossm_core.training.recall import VARIANTS
+
+    torch.set_num_threads(1)
+    bundle = load_demo_bundle(directory=args.weights)
+    vae = bundle.vae
+    if args.vae:
+        from videossm_core.training.vae_training import load_trained_vae
+
+        vae = load_trained_vae(args.vae)
+    seeds = 1 if args.small else args.seeds
+    seconds = 40.0 if args.small else args.minutes * 60
+    variants = {}
+    for name in VARIANT_ORDER:
+        path = getattr(args, name)
+        if path:
+            variants[name] = load_variant(path)
+        elif args.small:  # the shipped generator under this variant's memory
+            stream = StreamConfig(**{**bundle.stream_config.to_dict(), **VARIANTS[name],
+                                     "router_horizon_frames": None})
+            variants[name] = (bundle.model, stream, bundle.sampling_config)
+    if not variants:
+        parser.error("give --hybrid/--sink/--window generator files, or --small")
+
+    t0 = time.time()
+    episodes = [episode_schedule(seed, seconds) for seed in range(seeds)]
+    world_videos = [measure_video(through_vae(frames, vae), schedule) for frames, schedule in episodes]
+    world_dd = [dynamic_degree_per_minute(frames) for frames, _ in episodes]
+    results = {"world": summarise(world_videos, world_dd)}
+    walls = {}
+    for name, (model, stream, sampling) in variants.items():
+        t1 = time.time()
+        videos = []
+        for seed, (frames, schedule) in enumerate(episodes):
+            generated = generate(model, vae, bundle.text_encoder, schedule, len(frames), stream, sampling, seed)
+            videos.append(measure_video(generated, schedule))
+        results[name] = summarise(videos, world_dd)
+        walls[name] = round(time.time() - t1, 1)
+    print(f"bench_memory: {seeds} seed(s), {seconds:g} s videos, {time.time() - t0:.0f} s "
+          f"(generation per variant: {walls})")
+    print_table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"seeds": seeds, "seconds": seconds, "wall_s": walls, "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
