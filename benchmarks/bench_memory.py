@@ -313,6 +313,38 @@ def load_variant(path: str):
             SamplingConfig.from_dict(_json.loads(meta[META_SAMPLING])))
 
 
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
+    """One video: the world's own episode through the VAE (``task["name"] == "world"``) or a variant's generation,
+    measured. Loads what it needs itself, so tasks can run in worker processes."""
+    import torch
+
+    from videossm_core.config import StreamConfig
+    from videossm_core.demo.bundle import load_demo_bundle
+    from videossm_core.training.recall import VARIANTS
+
+    torch.set_num_threads(1)
+    t0 = time.time()
+    bundle = load_demo_bundle(directory=task["weights"])
+    vae = bundle.vae
+    if task["vae"]:
+        from videossm_core.training.vae_training import load_trained_vae
+
+        vae = load_trained_vae(task["vae"])
+    frames, schedule = episode_schedule(task["seed"], task["seconds"])
+    if task["name"] == "world":
+        video = through_vae(frames, vae)
+    else:
+        if task["path"]:
+            model, stream, sampling = load_variant(task["path"])
+        else:  # the shipped generator under this variant's memory
+            stream = StreamConfig(**{**bundle.stream_config.to_dict(), **VARIANTS[task["name"]],
+                                     "router_horizon_frames": None})
+            model, sampling = bundle.model, bundle.sampling_config
+        video = generate(model, vae, bundle.text_encoder, schedule, len(frames), stream, sampling, task["seed"])
+    return {"name": task["name"], "seed": task["seed"], "measured": measure_video(video, schedule),
+            "world_dd": dynamic_degree_per_minute(frames), "wall_s": time.time() - t0}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in VARIANT_ORDER:
@@ -321,54 +353,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="demo files folder for the text encoder (and the VAE; default: shipped)")
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--minutes", type=float, default=3.0, help="video length (>= 10x the 16 s training episodes)")
+    parser.add_argument("--jobs", type=int, default=1, help="videos generated at once (worker processes, 1 thread each)")
     parser.add_argument("--small", action="store_true",
                         help="CI: one seed, 40 s, the shipped generator under each variant's stream settings")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
 
-    import torch
-
-    from videossm_core.config import StreamConfig
-    from videossm_core.demo.bundle import load_demo_bundle
-    from videossm_core.training.recall import VARIANTS
-
-    torch.set_num_threads(1)
-    bundle = load_demo_bundle(directory=args.weights)
-    vae = bundle.vae
-    if args.vae:
-        from videossm_core.training.vae_training import load_trained_vae
-
-        vae = load_trained_vae(args.vae)
+    names = [n for n in VARIANT_ORDER if getattr(args, n) or args.small]
+    if not names:
+        parser.error("give --hybrid/--sink/--window generator files, or --small")
     seeds = 1 if args.small else args.seeds
     seconds = 40.0 if args.small else args.minutes * 60
-    variants = {}
-    for name in VARIANT_ORDER:
-        path = getattr(args, name)
-        if path:
-            variants[name] = load_variant(path)
-        elif args.small:  # the shipped generator under this variant's memory
-            stream = StreamConfig(**{**bundle.stream_config.to_dict(), **VARIANTS[name],
-                                     "router_horizon_frames": None})
-            variants[name] = (bundle.model, stream, bundle.sampling_config)
-    if not variants:
-        parser.error("give --hybrid/--sink/--window generator files, or --small")
-
+    tasks = [{"name": name, "path": getattr(args, name, None), "seed": seed, "seconds": seconds, "vae": args.vae,
+              "weights": args.weights} for name in ["world", *names] for seed in range(seeds)]
     t0 = time.time()
-    episodes = [episode_schedule(seed, seconds) for seed in range(seeds)]
-    world_videos = [measure_video(through_vae(frames, vae), schedule) for frames, schedule in episodes]
-    world_dd = [dynamic_degree_per_minute(frames) for frames, _ in episodes]
-    results = {"world": summarise(world_videos, world_dd)}
-    walls = {}
-    for name, (model, stream, sampling) in variants.items():
-        t1 = time.time()
-        videos = []
-        for seed, (frames, schedule) in enumerate(episodes):
-            generated = generate(model, vae, bundle.text_encoder, schedule, len(frames), stream, sampling, seed)
-            videos.append(measure_video(generated, schedule))
-        results[name] = summarise(videos, world_dd)
-        walls[name] = round(time.time() - t1, 1)
-    print(f"bench_memory: {seeds} seed(s), {seconds:g} s videos, {time.time() - t0:.0f} s "
-          f"(generation per variant: {walls})")
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(run_task, tasks))
+    else:
+        done = [run_task(task) for task in tasks]
+    results, walls = {}, {}
+    for name in ["world", *names]:
+        runs = sorted((d for d in done if d["name"] == name), key=lambda d: d["seed"])
+        results[name] = summarise([d["measured"] for d in runs], [d["world_dd"] for d in runs])
+        walls[name] = round(sum(d["wall_s"] for d in runs), 1)
+    print(f"bench_memory: {seeds} seed(s), {seconds:g} s videos, {time.time() - t0:.0f} s wall "
+          f"(seconds per variant, all seeds: {walls})")
     print_table(results)
     if args.json:
         with open(args.json, "w") as f:

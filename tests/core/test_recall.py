@@ -137,3 +137,40 @@ def test_episode_cache_round_trips(tmp_path):
     back = EpisodeDataset.load(tmp_path / "episodes.safetensors")
     assert torch.equal(back.latents, data.latents.half()) and torch.equal(back.masks, data.masks)
     assert back.schedules == data.schedules and back.events == data.events
+
+
+def test_episode_shards_join_in_episode_order():
+    data = _episodes(5)
+    shards = [EpisodeDataset(data.latents[r::2], data.masks[r::2], data.schedules[r::2], data.events[r::2])
+              for r in range(2)]
+    joined = EpisodeDataset.interleave(shards)
+    assert torch.equal(joined.latents, data.latents) and joined.schedules == data.schedules
+
+
+def test_the_episode_cache_is_encoded_once_in_shards(tmp_path):
+    """Two ranks each encode half the episodes and wait by polling files (no collective that could time out while
+    one encodes); rank 0 joins the shards, in episode order, into the same cache one process writes."""
+    import threading
+
+    from videossm_core.demo.bundle import DEMO_DIR
+    from videossm_core.training.recall import load_episodes
+
+    def cfg(name):
+        return RecallConfig(workdir=str(tmp_path), episodes=str(tmp_path / name), vae=str(DEMO_DIR / "vae.safetensors"),
+                            num_episodes=3, episode_frames=24)
+
+    results = {}
+
+    def rank(r):
+        results[r] = load_episodes(cfg("two.safetensors"), DistEnv(rank=r, world_size=2), poll_s=0.05, timeout_s=300)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    one = load_episodes(cfg("one.safetensors"), DistEnv())
+    for got in results.values():
+        assert len(got) == 3 and torch.equal(got.latents, one.latents) and torch.equal(got.masks, one.masks)
+        assert got.schedules == one.schedules and got.events == one.events
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.safetensors", "two.safetensors"]  # shards removed

@@ -273,15 +273,28 @@ class EpisodeDataset:
         return cls(tensors["latents"], tensors["masks"], schedules, json.loads(meta["events"]), int(meta.get("fps", 16)))
 
 
+    @classmethod
+    def interleave(cls, shards: Sequence["EpisodeDataset"]) -> "EpisodeDataset":
+        """Shards of ranks that encoded episodes ``rank, rank + W, ...`` -> one dataset in episode order."""
+        order = [(i, r) for r, shard in enumerate(shards) for i in range(len(shard))]
+        order.sort(key=lambda ir: ir[0] * len(shards) + ir[1])
+        pick = lambda name: [getattr(shards[r], name)[i] for i, r in order]  # noqa: E731
+        return cls(torch.stack(pick("latents")), torch.stack(pick("masks")), pick("schedules"), pick("events"),
+                   shards[0].fps)
+
+
 @torch.no_grad()
-def encode_memory_episodes(vae, num_episodes: int, latent_frames: int, height: int, width: int, seed: int,
-                           kinds: Sequence[str] = ("revisit", "return"), chunk_frames: int = 3,
+def encode_memory_episodes(vae, episodes: int | Sequence[int], latent_frames: int, height: int, width: int,
+                           seed: int, kinds: Sequence[str] = ("revisit", "return"), chunk_frames: int = 3,
                            progress: Callable[[int, int], None] | None = None) -> EpisodeDataset:
-    """Render ``num_episodes`` memory episodes of ``1 + 4 (latent_frames - 1)`` video frames and encode them
-    (normalised posterior means), with their object masks and their schedules and events in latent frames."""
+    """Render memory episodes of ``1 + 4 (latent_frames - 1)`` video frames and encode them (normalised posterior
+    means), with their object masks and their schedules and events in latent frames. ``episodes``: how many, or
+    which indices (episode i is the same whoever encodes it: a share per rank)."""
+    indices = list(range(episodes)) if isinstance(episodes, int) else list(episodes)
+    num_episodes = len(indices)
     num_video = 1 + 4 * (latent_frames - 1)
     latents, masks, schedules, events = [], [], [], []
-    for i in range(num_episodes):
+    for n, i in enumerate(indices):
         rng = np.random.default_rng(sample_seed(seed, 0, i, "memory-episode"))
         ep = world.sample_memory_episode(rng, num_video, height, width, kinds=tuple(kinds),
                                          chunk_frames=4 * chunk_frames)
@@ -292,7 +305,7 @@ def encode_memory_episodes(vae, num_episodes: int, latent_frames: int, height: i
         events.append([{"kind": e.kind, "frame": latent_frame_of(e.frame), "hidden_frames": int(e.hidden_frames),
                         "prompt": e.prompt, "marking": e.marking} for e in ep.events])
         if progress is not None:
-            progress(i + 1, num_episodes)
+            progress(n + 1, num_episodes)
     return EpisodeDataset(torch.cat(latents), torch.cat(masks), schedules, events)
 
 

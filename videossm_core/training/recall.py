@@ -139,18 +139,31 @@ def episode_loss(rollout: SelfRollout, conditioner: TextConditioner, latents: to
     return total / sum(weights), errors
 
 
-def load_episodes(cfg: RecallConfig, env: DistEnv) -> EpisodeDataset:
-    """The episode cache, encoded first (on rank 0, with ``cfg.vae``, at the demo's resolution) when it does not
-    exist."""
+def load_episodes(cfg: RecallConfig, env: DistEnv, poll_s: float = 2.0, timeout_s: float = 4 * 3600) -> EpisodeDataset:
+    """The episode cache, encoded first (with ``cfg.vae``, at the demo's resolution) when it does not exist: every
+    rank encodes its share (episodes rank, rank + W, ...) into a shard file, rank 0 joins them. Ranks wait by polling
+    for files, not in a collective: encoding can outlast the process group's timeout."""
     path = Path(cfg.episodes or Path(cfg.workdir) / "episodes.safetensors")
-    if env.is_main and not path.is_file():
+    if not path.is_file():
         if not cfg.vae:
             raise FileNotFoundError(f"{path} does not exist: pass --vae to encode the memory episodes")
         from .vae_training import load_trained_vae
 
         vae = load_trained_vae(cfg.vae)
-        encode_memory_episodes(vae, cfg.num_episodes, cfg.episode_frames, *DEFAULT_RESOLUTION, cfg.seed + 2000, cfg.kinds,
-                               chunk_frames=cfg.stream["chunk_frames"]).save(path)
+        shard = lambda r: path.with_name(f"{path.name}.shard{r}-of-{env.world_size}")  # noqa: E731
+        encode_memory_episodes(vae, range(env.rank, cfg.num_episodes, env.world_size), cfg.episode_frames,
+                               *DEFAULT_RESOLUTION, cfg.seed + 2000, cfg.kinds,
+                               chunk_frames=cfg.stream["chunk_frames"]).save(shard(env.rank))
+        waiting = [shard(r) for r in range(env.world_size)] if env.is_main else [path]
+        deadline = time.time() + timeout_s
+        while not all(p.is_file() for p in waiting):
+            if time.time() > deadline:
+                raise TimeoutError(f"waited {timeout_s:.0f} s for {[str(p) for p in waiting if not p.is_file()]}")
+            time.sleep(poll_s)
+        if env.is_main:
+            EpisodeDataset.interleave([EpisodeDataset.load(p) for p in waiting]).save(path)
+            for p in waiting:
+                p.unlink()
     barrier(env)
     return EpisodeDataset.load(path)
 
