@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io as bytes_io
 import logging
 import os
 
@@ -70,10 +72,28 @@ def _send(kind: str, data: dict) -> None:
         pass
 
 
+PREVIEW_SIZE = 512  # the live preview's longer side at most, in pixels (as ComfyUI's own previews)
+PREVIEW_QUALITY = 90
+
+
+def preview_jpeg(frame) -> str:
+    """The chunk's last frame as a small JPEG, base64 (for the `videossm.chunk` event)."""
+    image = Image.fromarray(frame)
+    image.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+    buffer = bytes_io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def _send_chunk_event(node_id, event, fps: int) -> None:
+    """Progress for the timeline's playhead, and the live preview for the sampler's player. The preview
+    travels in this event, not on ComfyUI's preview channel: the frontend keeps the last image of that
+    channel as the node's preview, and frontend 1.58's Nodes 2.0 draws it under our player (as a live
+    image during the run, and loaded into a <video> after it, since the node's output is a video)."""
     _send("videossm.chunk", {
         "node": node_id, "chunk": event.chunk, "done": event.done, "total": event.total,
-        "seconds": event.frames_written / fps, "prompt": event.prompt})
+        "seconds": event.frames_written / fps, "prompt": event.prompt,
+        "preview": {"type": "image/jpeg", "data": preview_jpeg(event.frames[-1])}})
 
 
 def _send_stopped_event(node_id, video_path: str, subfolder: str, filename: str, state_path: str,
@@ -195,9 +215,9 @@ class VideoSSMSampler(io.ComfyNode):
                 if pbar is None:
                     pbar = comfy.utils.ProgressBar(event.total)
                 last = event
-                preview = Image.fromarray(event.frames[-1])
-                # updating the bar also raises if the user pressed Cancel (between chunks)
-                pbar.update_absolute(event.done, event.total, ("JPEG", preview, 512))
+                # updating the bar also raises if the user pressed Cancel (between chunks); no preview
+                # image on it: the chunk event carries ours
+                pbar.update_absolute(event.done, event.total)
                 _send_chunk_event(cls.hidden.unique_id, event, model.fps)
                 comfy.model_management.throw_exception_if_processing_interrupted()
         except comfy.model_management.InterruptProcessingException:

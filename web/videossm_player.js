@@ -3,10 +3,16 @@
 // The frontend's own preview for an output node prefers the last live preview image over the node's
 // output, so after a run the sampler kept showing its last chunk, and during the next run the old
 // video covered the live preview. The sampler gets one player instead (a DOM widget, not saved):
-//   - during a run: the live preview of each chunk (the binary previews ComfyUI sends);
+//   - during a run: the live preview of each chunk (a JPEG in the sampler's `videossm.chunk` event);
 //   - after a run: a looping player of the mp4 the run wrote (its `executed` message);
 //   - after Cancel (ComfyUI sends no `executed` then): the partial mp4 and how to continue it, from
 //     the sampler's `videossm.stopped` event.
+// The frontend draws none of its own: on the canvas (litegraph) the node's onDrawBackground draws
+// nothing; with Nodes 2.0 (frontend 1.58) a node is a DOM element whose own media preview reads the
+// frontend's store (the node's output, or before it the last image of ComfyUI's preview channel) and is
+// skipped for a node with `hideOutputImages` (as the frontend's own image editors set it). The sampler
+// sends no image on that channel, so its store entry never holds a preview (which Nodes 2.0 showed as
+// a live image during the run, and loaded into a <video> after it: "Video failed to load").
 // VideoSSM Load State's list is fetched again from the server when a run ends and when the node is
 // added or clicked, so new states are offered without reloading the page.
 import { app } from "../../scripts/app.js";
@@ -139,10 +145,26 @@ function onStopped(event) {
   refreshStateLists();
 }
 
-function onLivePreview(event) {
+/** A base64 image of a `videossm.chunk` event as a Blob (or null). */
+function previewBlob(preview) {
+  if (typeof preview?.data !== "string" || !preview.data) return null;
+  try {
+    const bytes = Uint8Array.from(atob(preview.data), (c) => c.charCodeAt(0));
+    return new Blob([bytes], { type: preview.type || "image/jpeg" });
+  } catch (e) {
+    console.warn("VideoSSM: a live preview could not be decoded", e);
+    return null;
+  }
+}
+
+function onChunk(event) {
   const d = event.detail ?? {};
-  const id = d.displayNodeId ?? d.nodeId;
-  for (const p of players) if (d.blob && matches(p.node, id)) p.showLive(d.blob);
+  let blob; // decoded once, for the players this chunk is about
+  for (const p of players) {
+    if (!matches(p.node, d.node)) continue;
+    blob ??= previewBlob(d.preview);
+    if (blob) p.showLive(blob);
+  }
 }
 
 // ------------------------------------------------------------------ Load State's list
@@ -188,7 +210,7 @@ const extension = {
 
   setup() {
     api.addEventListener("videossm.stopped", onStopped);
-    api.addEventListener("b_preview_with_metadata", onLivePreview);
+    api.addEventListener("videossm.chunk", onChunk);
     api.addEventListener("execution_start", () => players.forEach((p) => p.running()));
     for (const kind of ["execution_success", "execution_error", "execution_interrupted"]) {
       api.addEventListener(kind, () => refreshStateLists());
@@ -211,6 +233,8 @@ const extension = {
       this.videossmPlayer = new Player(this);
       // the player shows the previews and the result; the canvas' own preview would draw a stale one
       this.onDrawBackground = function () {};
+      // and so would Nodes 2.0's (frontend 1.58; an unknown property to older frontends)
+      this.hideOutputImages = true;
       const size = this.computeSize?.() ?? this.size;
       this.setSize?.([Math.max(this.size?.[0] ?? 0, 340), Math.max(this.size?.[1] ?? 0, size[1])]);
     });

@@ -72,10 +72,51 @@ def test_new_frontend_timeline_renders_drags_and_serialises(browser_page, browse
 
 
 
+# Every <img>/<video> that appears inside a sampler's node element (Nodes 2.0 draws nodes as DOM) and is
+# not part of our player, from now on: the frontend's own previews (its live preview image, its video of
+# the node's output). Recorded as they appear, so one that is shown during a run and gone later counts.
+WATCH_FOREIGN_MEDIA_JS = """() => {
+  window.__vssmForeignMedia = [];
+  const isSampler = (el) => {
+    const host = el.closest('[data-node-id]');
+    if (!host) return false;
+    const id = host.getAttribute('data-node-id');
+    const node = app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id));
+    return node?.type === 'VideoSSMSampler';
+  };
+  const check = (el) => {
+    if (el.closest('.vssm-player') || !isSampler(el)) return;
+    window.__vssmForeignMedia.push({tag: el.tagName.toLowerCase(), src: el.getAttribute('src') || '',
+                                    cls: el.getAttribute('class') || ''});
+  };
+  const scan = (root) => {
+    if (!(root instanceof Element)) return;
+    if (root.matches('img, video')) check(root);
+    root.querySelectorAll('img, video').forEach(check);
+  };
+  new MutationObserver((records) => {
+    for (const r of records) {
+      if (r.type === 'attributes') scan(r.target);
+      else r.addedNodes.forEach(scan);
+    }
+  }).observe(document.body, {childList: true, subtree: true, attributes: true, attributeFilter: ['src']});
+}"""
+# the media inside the sampler's node element that are not our player's (Nodes 2.0; none in litegraph)
+FOREIGN_MEDIA_NOW_JS = """() => {
+  const s = app.graph.nodes.find(n => n.type === 'VideoSSMSampler');
+  const host = document.querySelector(`[data-node-id="${s.id}"]`);
+  if (!host) return null;
+  return [...host.querySelectorAll('img, video')].filter(e => !e.closest('.vssm-player'))
+    .map(e => ({tag: e.tagName.toLowerCase(), src: e.getAttribute('src') || ''}));
+}"""
+
+
 def test_new_frontend_sampler_player(browser_page, browser_server, request):
-    """The sampler's player, live preview, Cancel and Load State's list (test_player_browser) on 1.58.1."""
+    """The sampler's player, live preview, Cancel and Load State's list (test_player_browser) on 1.58.1.
+    With Nodes 2.0 the node shows our player only: no preview of its own (live image or output video)."""
     bp = browser_page
     renderer = request.node.callspec.id
+    bp.evaluate(WATCH_FOREIGN_MEDIA_JS)
     original = bp.assert_clean
     bp.assert_clean = lambda allow=(): None
     try:
@@ -83,10 +124,11 @@ def test_new_frontend_sampler_player(browser_page, browser_server, request):
     finally:
         bp.assert_clean = original
     bp.screenshot(f"frontend-{NEW_FRONTEND}-{renderer}-player")
-    if renderer == "nodes2":
-        # Known, not fixed: a Nodes 2.0 node draws its own preview below the player (it reads the node's
-        # outputs and live previews from the frontend's store, which onDrawBackground does not reach); it
-        # loads the last live-preview JPEG blob into a <video> ("Video failed to load", and the page's CSP
-        # logs "Loading media from 'blob:...'"). Strict: this fails once that preview is gone.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="Nodes 2.0's own preview under the player"))
+    sampler = bp.evaluate("() => String(app.graph.nodes.find(n => n.type === 'VideoSSMSampler').id)")
+    in_node = bp.evaluate(f"() => !!document.querySelector('[data-node-id=\"{sampler}\"] .vssm-player')")
+    assert in_node is (renderer == "nodes2"), "the player is not inside the node's element"
+    now = bp.evaluate(FOREIGN_MEDIA_NOW_JS)
+    assert now is None if renderer == "litegraph" else now == [], f"the node draws its own preview: {now}"
+    seen = bp.evaluate("() => window.__vssmForeignMedia")
+    assert seen == [], f"the node drew its own preview during the runs: {seen}"
     assert not bp.unexpected_errors(NEW_FRONTEND_CONSOLE), bp.unexpected_errors(NEW_FRONTEND_CONSOLE)

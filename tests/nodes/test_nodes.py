@@ -14,12 +14,15 @@ what the templates themselves say (60 s, 832x480 ...) before shortening.
 """
 from __future__ import annotations
 
+import base64
 import copy
+import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.comfy_server import REPO_ROOT
 from tests.demo_weights import require_demo_weights
@@ -390,16 +393,22 @@ def test_ui_templates_fixed_seeds_and_model_metadata():
 
 def test_demo_template_runs_with_progress_and_previews(comfy, demo_run):
     """The demo template (bundled model, 3 prompts) runs; the websocket shows one progress step and one
-    preview image per chunk, and the mp4 holds exactly the chunks' frames."""
+    `videossm.chunk` event with a preview JPEG per chunk (and no image on ComfyUI's own preview channel,
+    which frontend 1.58's Nodes 2.0 would draw under the player), and the mp4 holds exactly the chunks'
+    frames."""
     graph, run = demo_run
     assert_success(run)
     sampler = one(graph, "VideoSSMSampler")
     n = chunks(1.5)
     assert n == 3
     assert progress_of(run, sampler) == [(k, n) for k in range(1, n + 1)]
-    assert run.preview_frames == n, f"{run.preview_frames} preview images for {n} chunks"
+    assert run.preview_frames == 0, f"{run.preview_frames} images on ComfyUI's preview channel"
     events = [d for d in run.of_type("videossm.chunk") if d.get("node") == sampler]
     assert [e["done"] for e in events] == list(range(1, n + 1))
+    for e in events:
+        assert e["preview"]["type"] == "image/jpeg", e["preview"]
+        with Image.open(io.BytesIO(base64.b64decode(e["preview"]["data"]))) as preview:
+            assert preview.format == "JPEG" and preview.size == (64, 64), (preview.format, preview.size)
     mp4, state_path = sampler_outputs(comfy, run, sampler)
     frames = read_mp4(mp4)
     assert frames.shape == (video_frames(n), 64, 64, 3)
