@@ -168,30 +168,42 @@ function onChunk(event) {
 }
 
 // ------------------------------------------------------------------ Load State's list
+// One fetch at a time; a refresh asked for while one is in flight runs again after it (a run may have
+// written a state after that fetch began). The nodes are looked up when the list arrives, so a Load
+// State added meanwhile (e.g. by opening a template) gets it too.
 let refreshing = null;
+let again = false;
 
-async function refreshStateLists() {
-  if (refreshing) return refreshing;
-  refreshing = (async () => {
-    try {
-      const nodes = (app.graph?.nodes ?? []).filter((n) => n.type === LOAD_STATE);
-      if (!nodes.length) return;
-      const res = await api.fetchApi(STATES_ROUTE, { cache: "no-store" });
-      if (!res.ok) return;
-      const list = await res.json();
-      if (!Array.isArray(list)) return;
-      for (const n of nodes) {
-        const w = n.widgets?.find((x) => x.name === STATE_WIDGET);
-        if (!w?.options) continue;
-        w.options.values = list; // the chosen value stays, listed or not
-        if ((w.value == null || w.value === "" || w.value === "undefined") && list.length) w.value = list[0];
-      }
-    } catch (e) {
-      console.warn("VideoSSM: could not refresh the stream state list", e);
-    } finally {
+async function applyStateList() {
+  const loadStates = () => (app.graph?.nodes ?? []).filter((n) => n.type === LOAD_STATE);
+  if (!loadStates().length) return;
+  const res = await api.fetchApi(STATES_ROUTE, { cache: "no-store" });
+  if (!res.ok) return;
+  const list = await res.json();
+  if (!Array.isArray(list)) return;
+  for (const n of loadStates()) {
+    const w = n.widgets?.find((x) => x.name === STATE_WIDGET);
+    if (!w?.options) continue;
+    w.options.values = list; // the chosen value stays, listed or not
+    if ((w.value == null || w.value === "" || w.value === "undefined") && list.length) w.value = list[0];
+  }
+}
+
+function refreshStateLists() {
+  if (refreshing) {
+    again = true;
+    return refreshing;
+  }
+  // (the promise's own finally: an async function that returns at once must not leave `refreshing` set)
+  refreshing = applyStateList()
+    .catch((e) => console.warn("VideoSSM: could not refresh the stream state list", e))
+    .finally(() => {
       refreshing = null;
-    }
-  })();
+      if (again) {
+        again = false;
+        refreshStateLists();
+      }
+    });
   return refreshing;
 }
 
