@@ -162,3 +162,71 @@ def test_demo_template_is_loaded_with_room_for_the_player(browser_page):
     _open_demo(bp)
     need = bp.evaluate("() => app.graph.nodes.find(n => n.type === 'VideoSSMSampler').computeSize()[1]")
     assert sampler["size"][1] >= need - 1, (sampler["size"], need)
+
+
+CONTINUE = "3 - Continue a saved stream with a new prompt"
+
+
+def _video_file(src: str) -> str:
+    """The filename a player's /view?filename=...&subfolder=... URL shows."""
+    from urllib.parse import parse_qs, urlsplit
+
+    q = parse_qs(urlsplit(src).query)
+    return "/".join(x for x in (q.get("subfolder", [""])[0], q["filename"][0]) if x)
+
+
+def _wait_for_video(bp, sampler, not_src: str = ""):
+    bp.wait_for(f"""() => {{ const p = ({PLAYER_JS})({sampler});
+                     return p.mode === 'video' && p.ready >= 2 && p.src !== {json.dumps(not_src)}; }}""",
+                timeout_ms=300_000)
+    return bp.evaluate(PLAYER_JS, sampler)
+
+
+def test_continue_template_offers_the_new_state_and_makes_one_joined_video(browser_page, browser_server):
+    """Issue #21: a first run (the demo template, 0.5 s: one chunk) writes a video and its state; the
+    "Continue a saved stream" template, opened afterwards in the same page (no reload), lists that state
+    in its Load State node; chosen and queued (0.75 s more: one continued chunk), the sampler makes one
+    video, the first run's frames then the new ones, and plays it; the list then offers the new state."""
+    bp = browser_page
+    from videossm_core.video_io import read_video
+
+    _open_demo(bp)
+    sampler = bp.evaluate("() => app.graph.nodes.find(n => n.type === 'VideoSSMSampler').id")
+    bp.wait_for(f"() => document.querySelector('.vssm-player[data-node=\"{sampler}\"]')")
+    _set_sampler(bp, seconds=0.5)
+    _queue(bp)
+    first = _wait_for_video(bp, sampler)
+    first_mp4 = browser_server.output_dir / _video_file(first["src"])
+    first_frames = read_video(first_mp4).shape[0]
+    assert first_frames == 9, f"0.5 s of the demo model is one 9-frame chunk, the mp4 has {first_frames}"
+    state1 = first_mp4.name[: -len(".mp4")] + ".state.safetensors [output]"
+
+    # open the Continue template in the same page
+    workflow = json.loads((REPO_ROOT / "workflows" / f"{CONTINUE}.json").read_text(encoding="utf-8"))
+    bp.evaluate("async (w) => { await app.loadGraphData(w, true, true, 'continue test'); }", workflow)
+    load_state = bp.evaluate("() => app.graph.nodes.find(n => n.type === 'VideoSSMLoadState').id")
+    sampler = bp.evaluate("() => app.graph.nodes.find(n => n.type === 'VideoSSMSampler').id")
+    bp.wait_for(f"() => ({STATE_LIST_JS})({load_state}).includes({json.dumps(state1)})")
+    # the user picks it in the combo (the template names a file this server does not have)
+    bp.evaluate("""([id, value]) => {
+      const w = app.graph.getNodeById(id).widgets.find(w => w.name === 'state_file');
+      w.value = value;
+      w.callback?.(value);
+    }""", [load_state, state1])
+    _set_sampler(bp, seconds=0.75)
+    bp.wait_for(f"() => document.querySelector('.vssm-player[data-node=\"{sampler}\"]')")
+    _queue(bp)
+    joined = _wait_for_video(bp, sampler, first["src"])
+    joined_mp4 = browser_server.output_dir / _video_file(joined["src"])
+    assert joined_mp4.name.startswith("demo_continued_"), joined["src"]
+    frames = read_video(joined_mp4).shape[0]
+    # a continued stream's chunks are 12 frames each: the first run's 9, then 12 new ones
+    assert frames == first_frames + 12, (first_frames, frames)
+    assert abs(joined["duration"] - frames / FPS) < 0.1, joined
+    state2 = joined_mp4.name[: -len(".mp4")] + ".state.safetensors [output]"
+    assert state2 in joined["note"], joined["note"]
+    bp.wait_for(f"() => ({STATE_LIST_JS})({load_state}).includes({json.dumps(state2)})")
+    node = bp.page.locator(f'.vssm-player[data-node="{sampler}"]')
+    bp.screenshot("continue-joined-video", clip=node.bounding_box())
+    bp.screenshot("continue-page")
+    bp.assert_clean()

@@ -252,3 +252,30 @@ def test_generation_time_estimate_comes_from_the_last_runs_pace(browser_page):
     estimate = int(info.split("~")[1].split(" s")[0])
     assert 30 <= estimate <= 70, info
     bp.assert_clean()
+
+
+def test_a_run_names_the_words_the_demo_encoder_drops(browser_page):
+    """A real run (the demo template, 0.5 s): the first prompt, typed in the timeline's prompt editor, has
+    two words the demo text encoder does not know; after the run the schedule node lists them in its
+    warning line (the run itself succeeds, the sampler plays its video)."""
+    bp = browser_page
+    node_id = _open_demo(bp)
+    root = bp.page.locator(f'.vssm-tl[data-node="{node_id}"]')
+    root.locator('.vssm-tl-block[data-index="0"]').click()
+    root.locator(".vssm-tl-prompt").fill("a golden dragon bouncing on a dark background")
+    text = bp.evaluate(PROMPT_SCHEDULE_JS, node_id)["prompt"]
+    assert _entries(text)[0] == (0, "a golden dragon bouncing on a dark background"), text
+    assert "does not know" not in bp.evaluate(LANE_JS, node_id)["warnings"]
+
+    sampler = bp.evaluate("() => app.graph.nodes.find(n => n.type === 'VideoSSMSampler').id")
+    bp.evaluate(SET_SECONDS_JS, 0.5)
+    bp.evaluate("() => app.queuePrompt(0, 1)")
+    bp.wait_for(f"""() => document.querySelector('.vssm-tl[data-node="{node_id}"] .vssm-tl-warnings')
+                   .textContent.includes('does not know')""", timeout_ms=300_000)
+    warnings = bp.evaluate(LANE_JS, node_id)["warnings"]
+    assert "does not know dragon, golden" in warnings and "ignores them" in warnings, warnings
+    # a warning, not an error: the run went on and the sampler shows its video
+    bp.wait_for(f"""() => document.querySelector('.vssm-player[data-node="{sampler}"]')?.dataset.mode === 'video'""",
+                timeout_ms=120_000)
+    bp.screenshot("timeline-unknown-words", clip=root.bounding_box())
+    bp.assert_clean()
