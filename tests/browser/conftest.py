@@ -151,7 +151,7 @@ def _save_evidence(bp: BrowserPage, nodeid: str) -> None:
     except Exception:
         pass
     ARTIFACTS_DIR.mkdir(exist_ok=True)
-    (ARTIFACTS_DIR / f"{name}.console.txt").write_text(
+    (ARTIFACTS_DIR / f"{_safe_name(bp.shot_prefix + name)}.console.txt").write_text(
         "\n".join(bp.console + [f"pageerror: {e}" for e in bp.page_errors]
                   + [f"aborted: {u}" for u in bp.aborted]
                   + [f"blocked: {u}" for u in bp.blocked]))
