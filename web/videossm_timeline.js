@@ -35,6 +35,10 @@ const FPS = "fps"; // optional widget; 16 when the node has none
 const MIN_HEIGHT = 190;
 const TEXT_MODE_HEIGHT = 230;
 const live = new Set(); // controllers of nodes currently in a graph
+// Outside changes (the sampler's seconds, a new link) are caught by refresh(), a cheap no-op when nothing
+// changed. The canvas calls it from onDrawForeground every frame; Nodes 2.0 (frontend 1.58) draws nodes
+// as DOM elements and never calls it, so a slow poll does it there (and is harmless elsewhere).
+const POLL_MS = 250;
 
 // ------------------------------------------------------------------ styles (once)
 const CSS = `
@@ -143,14 +147,20 @@ class TimelineController {
   get parsed() { return parseSchedule(this.text, { fps: this.fps }); }
   /** The connected sampler's `seconds` widget: the video's length (the sampler owns it). */
   get samplerSecondsWidget() {
-    const graph = this.node.graph ?? app.graph;
-    for (const linkId of this.node.outputs?.[0]?.links ?? []) {
-      const link = graph?.links?.get?.(linkId) ?? graph?.links?.[linkId];
-      const target = link && graph.getNodeById?.(link.target_id);
+    for (const target of this.outputNodes()) {
       const w = target?.type === SAMPLER_TYPE && target.widgets?.find((x) => x.name === SAMPLER_SECONDS);
       if (w && Number(w.value) > 0) return w;
     }
     return null;
+  }
+  /** The nodes the schedule output feeds (getOutputNodes: frontend 1.58 deprecates reading output.links). */
+  outputNodes() {
+    if (typeof this.node.getOutputNodes === "function") return this.node.getOutputNodes(0) ?? [];
+    const graph = this.node.graph ?? app.graph;
+    return (this.node.outputs?.[0]?.links ?? []).map((linkId) => {
+      const link = graph?.links?.get?.(linkId) ?? graph?.links?.[linkId];
+      return link && graph.getNodeById?.(link.target_id);
+    });
   }
   get duration() {
     const s = Number(this.samplerSecondsWidget?.value);
@@ -558,6 +568,7 @@ const extension = {
   name: "videossm.timeline",
 
   setup() {
+    setInterval(() => live.forEach((c) => c.refresh()), POLL_MS);
     api.addEventListener("videossm.chunk", onChunkEvent);
     // a new run starts with no playhead and no warnings of the last one
     api.addEventListener("execution_start", () => live.forEach((c) => {
