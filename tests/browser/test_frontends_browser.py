@@ -1,15 +1,21 @@
-"""The timeline and the sampler's player on a newer frontend: comfyui-frontend-package 1.58.1 served
-by ComfyUI 0.3.75 (``--front-end-root``), with Nodes 2.0 (``Comfy.VueNodes.Enabled``) off and on.
+"""Every browser test of the pack on a newer frontend: comfyui-frontend-package 1.58.1 served by ComfyUI
+0.3.75 (``--front-end-root``), with Nodes 2.0 (``Comfy.VueNodes.Enabled``) off and on.
 
 The wheel is not a dependency (ComfyUI 0.3.75 pins 1.32.9): scripts/install_comfyui.sh downloads it and
 unpacks it into ``.frontends/fe-1.58.1`` (ignored by git); without it these tests fail and say so.
-Each renderer gets its own server (the setting is read at boot). Screenshots go to test-artifacts/ with the frontend and renderer in their names.
+Each renderer gets its own server (the setting is read at boot), shared by the module's tests. The checks
+are the 1.32.9 tests' own functions (test_timeline_browser, test_player_browser, test_templates_browser),
+run on this page; what 1.58.1 itself logs against the 0.3.75 backend is let through (NEW_FRONTEND_CONSOLE).
+Screenshots go to test-artifacts/ with the frontend and renderer in their names (``fe1.58.1-nodes2-...``).
 """
 from __future__ import annotations
+
+import inspect
 
 import pytest
 
 from tests.browser import test_player_browser as player
+from tests.browser import test_templates_browser as templates
 from tests.browser import test_timeline_browser as timeline
 from tests.comfy_server import REPO_ROOT, ComfyServer
 
@@ -41,22 +47,49 @@ NEW_FRONTEND_CONSOLE = (
     # the server's CSP blocks that (and the test's route would abort it)
     "https://huggingface.co/",
 )
+NEW_FRONTEND_OFF_HOST = ("https://huggingface.co/",)
 
 
-def test_new_frontend_timeline_renders_drags_and_serialises(browser_page, browser_server, request):
+@pytest.fixture
+def browser_page(browser_page, browser_server, request):
+    """The conftest page, on this module's server, checked to be the frontend and renderer it should be."""
     bp = browser_page
-    renderer = request.node.callspec.id
-    assert bp.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == NEW_FRONTEND
-    vue = bp.evaluate("() => app.extensionManager.setting.get('Comfy.VueNodes.Enabled')")
-    assert vue is (renderer == "nodes2")
+    assert bp.frontend == NEW_FRONTEND, bp.frontend
+    assert bp.renderer == request.node.callspec.id.split("-")[0], (bp.renderer, request.node.callspec.id)
+    bp.allow_console = NEW_FRONTEND_CONSOLE
+    bp.allow_off_host = NEW_FRONTEND_OFF_HOST
+    return bp
 
+
+def _call(check, browser_page, browser_server):
+    """Run a 1.32.9 test function with this module's page (and server, where it takes one)."""
+    args = {"browser_page": browser_page, "browser_server": browser_server}
+    return check(**{name: args[name] for name in inspect.signature(check).parameters})
+
+
+# the 1.32.9 tests that run here unchanged (the timeline and the player have their own tests below,
+# with what Nodes 2.0 adds: the widget inside the node's DOM element, no preview of the frontend's own)
+REUSED = [
+    timeline.test_lane_follows_the_sampler_and_no_prompt_is_lost,
+    timeline.test_inspect_state_shows_its_summary,
+    timeline.test_generation_time_estimate_comes_from_the_last_runs_pace,
+    timeline.test_a_run_names_the_words_the_demo_encoder_drops,
+    player.test_demo_template_is_loaded_with_room_for_the_player,
+    player.test_continue_template_offers_the_new_state_and_makes_one_joined_video,
+    templates.test_template_list_serves_our_three,
+    templates.test_templates_open_without_missing_nodes_and_round_trip,
+]
+
+
+@pytest.mark.parametrize("check", REUSED, ids=[f.__name__.removeprefix("test_") for f in REUSED])
+def test_new_frontend(check, browser_page, browser_server):
+    _call(check, browser_page, browser_server)
+
+
+def test_new_frontend_timeline_renders_drags_and_serialises(browser_page, browser_server):
+    bp = browser_page
     # the same checks as on 1.32.9: rendered, dragged with the mouse, serialised into the API prompt
-    original = bp.assert_clean
-    bp.assert_clean = lambda allow=(): None  # checked below, with this frontend's own noise allowed
-    try:
-        timeline.test_timeline_renders_and_a_mouse_drag_retimes_the_prompt(bp)
-    finally:
-        bp.assert_clean = original
+    timeline.test_timeline_renders_and_a_mouse_drag_retimes_the_prompt(bp)
     # Nodes 2.0 draws nodes as DOM elements: the timeline must sit inside the schedule node's element
     inside = bp.evaluate("""() => {
       const tl = document.querySelector('.vssm-tl');
@@ -64,11 +97,8 @@ def test_new_frontend_timeline_renders_drags_and_serialises(browser_page, browse
       return node ? node.getAttribute('data-node-id') : null;
     }""")
     schedule = bp.evaluate("() => String(app.graph.nodes.find(n => n.type === 'VideoSSMPromptSchedule').id)")
-    assert (inside == schedule) if vue else inside is None, (vue, inside)
-    bp.screenshot(f"frontend-{NEW_FRONTEND}-{renderer}-timeline")
-    assert not bp.unexpected_errors(NEW_FRONTEND_CONSOLE), bp.unexpected_errors(NEW_FRONTEND_CONSOLE)
-    assert not bp.aborted + [u for u in bp.blocked if not u.startswith("https://huggingface.co/")], \
-        (bp.aborted, bp.blocked)
+    assert (inside == schedule) if bp.nodes2 else inside is None, (bp.nodes2, inside)
+    bp.screenshot("timeline")
 
 
 
@@ -111,24 +141,17 @@ FOREIGN_MEDIA_NOW_JS = """() => {
 }"""
 
 
-def test_new_frontend_sampler_player(browser_page, browser_server, request):
+def test_new_frontend_sampler_player(browser_page, browser_server):
     """The sampler's player, live preview, Cancel and Load State's list (test_player_browser) on 1.58.1.
     With Nodes 2.0 the node shows our player only: no preview of its own (live image or output video)."""
     bp = browser_page
-    renderer = request.node.callspec.id
     bp.evaluate(WATCH_FOREIGN_MEDIA_JS)
-    original = bp.assert_clean
-    bp.assert_clean = lambda allow=(): None
-    try:
-        player.test_sampler_plays_this_runs_video_and_a_cancel_shows_the_partial_one(bp, browser_server)
-    finally:
-        bp.assert_clean = original
-    bp.screenshot(f"frontend-{NEW_FRONTEND}-{renderer}-player")
+    player.test_sampler_plays_this_runs_video_and_a_cancel_shows_the_partial_one(bp, browser_server)
+    bp.screenshot("player")
     sampler = bp.evaluate("() => String(app.graph.nodes.find(n => n.type === 'VideoSSMSampler').id)")
     in_node = bp.evaluate(f"() => !!document.querySelector('[data-node-id=\"{sampler}\"] .vssm-player')")
-    assert in_node is (renderer == "nodes2"), "the player is not inside the node's element"
+    assert in_node is bp.nodes2, "the player is not inside the node's element"
     now = bp.evaluate(FOREIGN_MEDIA_NOW_JS)
-    assert now is None if renderer == "litegraph" else now == [], f"the node draws its own preview: {now}"
+    assert now is None if not bp.nodes2 else now == [], f"the node draws its own preview: {now}"
     seen = bp.evaluate("() => window.__vssmForeignMedia")
     assert seen == [], f"the node drew its own preview during the runs: {seen}"
-    assert not bp.unexpected_errors(NEW_FRONTEND_CONSOLE), bp.unexpected_errors(NEW_FRONTEND_CONSOLE)
