@@ -70,7 +70,7 @@ const CSS = `
   border-left: 2px solid #e0a040; }
 .vssm-tl-warnings { flex: 0 0 auto; color: #f0c060; max-height: 54px; overflow: auto; white-space: pre-wrap; }
 .vssm-tl-warnings:empty { display: none; }
-.vssm-text { box-sizing: border-box; width: 100%; height: 100%; resize: none; font: 11px monospace;
+.vssm-text { box-sizing: border-box; width: 100%; height: 100%; min-height: 90px; resize: none; font: 11px monospace;
   color: var(--input-text, #ddd); background: var(--comfy-input-bg, #222);
   border: 1px solid var(--border-color, #555); border-radius: 3px; padding: 4px; }
 .vssm-tl-handle { position: absolute; left: 0; top: 0; bottom: 0; width: 12px; cursor: ew-resize;
