@@ -1,5 +1,6 @@
 """Every browser test of the pack on a newer frontend: comfyui-frontend-package 1.58.1 served by ComfyUI
-0.3.75 (``--front-end-root``), with Nodes 2.0 (``Comfy.VueNodes.Enabled``) off and on.
+0.3.75 (``--front-end-root``), with Nodes 2.0 (``Comfy.VueNodes.Enabled``) off and on; and on the pinned
+1.32.9 with Nodes 2.0 on (off is what the other browser test modules run).
 
 The wheel is not a dependency (ComfyUI 0.3.75 pins 1.32.9): scripts/install_comfyui.sh downloads it and
 unpacks it into ``.frontends/fe-1.58.1`` (ignored by git); without it these tests fail and say so.
@@ -23,15 +24,24 @@ NEW_FRONTEND = "1.58.1"
 NEW_FRONTEND_ROOT = REPO_ROOT / ".frontends" / f"fe-{NEW_FRONTEND}" / "comfyui_frontend_package" / "static"
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["litegraph", "nodes2"])
+PINNED_FRONTEND = "1.32.9"  # what ComfyUI 0.3.75 pins (and serves without --front-end-root)
+# (frontend, Nodes 2.0): 1.58.1 with it off and on; 1.32.9 with it on (off: the other browser test modules)
+CONFIGS = {"litegraph": (NEW_FRONTEND, False), "nodes2": (NEW_FRONTEND, True),
+           "pinned-nodes2": (PINNED_FRONTEND, True)}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
 def browser_server(request):
-    if not (NEW_FRONTEND_ROOT / "index.html").is_file():
-        pytest.fail(f"frontend {NEW_FRONTEND} not found at {NEW_FRONTEND_ROOT}: pip download --no-deps "
-                    f"comfyui-frontend-package=={NEW_FRONTEND} -d .frontends, then unzip it into "
-                    f".frontends/fe-{NEW_FRONTEND}")
-    server = ComfyServer(label=f"fe{NEW_FRONTEND}-{request.param_index}", extra_args=[
-        "--front-end-root", str(NEW_FRONTEND_ROOT)], settings={
-            "Comfy.InstalledVersion": NEW_FRONTEND, "Comfy.VueNodes.Enabled": request.param})
+    frontend, vue = CONFIGS[request.param]
+    args = []
+    if frontend == NEW_FRONTEND:
+        if not (NEW_FRONTEND_ROOT / "index.html").is_file():
+            pytest.fail(f"frontend {NEW_FRONTEND} not found at {NEW_FRONTEND_ROOT}: pip download --no-deps "
+                        f"comfyui-frontend-package=={NEW_FRONTEND} -d .frontends, then unzip it into "
+                        f".frontends/fe-{NEW_FRONTEND}")
+        args = ["--front-end-root", str(NEW_FRONTEND_ROOT)]
+    server = ComfyServer(label=f"fe{frontend}-{request.param}", extra_args=args, settings={
+        "Comfy.InstalledVersion": frontend, "Comfy.VueNodes.Enabled": vue})
     server.start()
     try:
         yield server
@@ -54,10 +64,11 @@ NEW_FRONTEND_OFF_HOST = ("https://huggingface.co/",)
 def browser_page(browser_page, browser_server, request):
     """The conftest page, on this module's server, checked to be the frontend and renderer it should be."""
     bp = browser_page
-    assert bp.frontend == NEW_FRONTEND, bp.frontend
-    assert bp.renderer == request.node.callspec.id.split("-")[0], (bp.renderer, request.node.callspec.id)
-    bp.allow_console = NEW_FRONTEND_CONSOLE
-    bp.allow_off_host = NEW_FRONTEND_OFF_HOST
+    config = request.node.callspec.params["browser_server"]
+    assert (bp.frontend, bp.nodes2) == CONFIGS[config], (bp.frontend, bp.nodes2, config)
+    if bp.frontend == NEW_FRONTEND:
+        bp.allow_console = NEW_FRONTEND_CONSOLE
+        bp.allow_off_host = NEW_FRONTEND_OFF_HOST
     return bp
 
 
@@ -141,10 +152,16 @@ FOREIGN_MEDIA_NOW_JS = """() => {
 }"""
 
 
-def test_new_frontend_sampler_player(browser_page, browser_server):
+def test_new_frontend_sampler_player(browser_page, browser_server, request):
     """The sampler's player, live preview, Cancel and Load State's list (test_player_browser) on 1.58.1.
     With Nodes 2.0 the node shows our player only: no preview of its own (live image or output video)."""
     bp = browser_page
+    if bp.frontend == PINNED_FRONTEND:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "1.32.9's Nodes 2.0 puts an <img class='block size-full object-contain'> of the run's mp4 "
+            "(/api/view?filename=demo_00001_.mp4) into the sampler's node element during the run (gone by the "
+            "end): the pack does not yet keep that renderer's own output preview out (1.58.1's honours "
+            "hideOutputImages)")))
     bp.evaluate(WATCH_FOREIGN_MEDIA_JS)
     player.test_sampler_plays_this_runs_video_and_a_cancel_shows_the_partial_one(bp, browser_server)
     bp.screenshot("player")

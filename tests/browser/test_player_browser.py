@@ -93,7 +93,7 @@ def test_sampler_plays_this_runs_video_and_a_cancel_shows_the_partial_one(browse
     bp.wait_for(f"""() => {{ const p = ({PLAYER_JS})({sampler});
                      return p.mode === 'video' && p.ready >= 2; }}""", timeout_ms=300_000)
     done = bp.evaluate(PLAYER_JS, sampler)
-    mp4s = sorted((browser_server.output_dir / "videossm").glob("demo_*_.mp4"))
+    mp4s = sorted((browser_server.output_dir / "videossm").glob("demo_[0-9]*_.mp4"))
     assert mp4s, "the run wrote no mp4"
     run1 = mp4s[-1].name
     assert f"filename={run1}" in done["src"] and "subfolder=videossm" in done["src"], done
@@ -126,7 +126,7 @@ def test_sampler_plays_this_runs_video_and_a_cancel_shows_the_partial_one(browse
     bp.wait_for(f"""() => {{ const p = ({PLAYER_JS})({sampler});
                      return p.stopped && p.mode === 'video' && p.ready >= 2; }}""", timeout_ms=300_000)
     stopped = bp.evaluate(PLAYER_JS, sampler)
-    mp4s = sorted((browser_server.output_dir / "videossm").glob("demo_*_.mp4"))
+    mp4s = sorted((browser_server.output_dir / "videossm").glob("demo_[0-9]*_.mp4"))
     run2 = mp4s[-1].name
     assert run2 != run1 and f"filename={run2}" in stopped["src"], stopped
     state2 = run2[: -len(".mp4")] + ".state.safetensors [output]"
