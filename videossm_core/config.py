@@ -244,7 +244,7 @@ PRESETS: dict[str, ModelConfig] = {
         memory=MemoryConfig(init_tokens_per_frame=16, retention_frames=24)),
     # The demo architecture with 2x2 latent patches (8x8 = 64 tokens per latent frame). Not shipped: on the
     # same cached clips and steps its teacher reaches 0.41x the 4x4 one's loss and uses the shape word far
-    # more (benchmarks/bench_teacher_patch.py, CARD.md); a full demo recipe with it is a GPU-sized job.
+    # more (benchmarks/bench_teacher_patch.py, training/NOTES.md); a full demo recipe with it is a GPU-sized job.
     "demo-patch2": ModelConfig(
         dim=192, num_layers=4, num_heads=3, ffn_dim=512, freq_dim=64, text_dim=64, text_len=16,
         in_dim=16, out_dim=16, patch_size=(1, 2, 2),

@@ -24,7 +24,8 @@ def test_demo_files_are_present_and_fit_the_budget():
     assert demo_files_present(), f"demo files missing from {DEMO_DIR}"
     total = sum((DEMO_DIR / name).stat().st_size for name in DEMO_FILES)
     assert total <= MAX_BYTES, f"demo files take {total / 2**20:.1f} MiB, more than 25 MiB"
-    assert (DEMO_DIR / "CARD.md").is_file()
+    card = (DEMO_DIR / "CARD.md").read_text().splitlines()
+    assert len(card) <= 150, f"CARD.md is a model card (<= 150 lines; history goes to training/NOTES.md): {len(card)}"
 
 
 def test_generator_file_carries_its_config_for_the_checkpoint_loader():

@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Both stage-2 runs; they differ only in rollout length. Guidance 4 here (2 in stage 1): the stronger real score
-# keeps more of the teacher's shapes (CARD.md).
+# keeps more of the teacher's shapes (training/NOTES.md).
 _STAGE2 = ["--latent-frames", "6", "--steps", "300", "--batch-size", "4", "--lr", "1e-3", "--base-lr-scale", "0.05",
            "--critic-lr", "1e-4", "--critic-ratio", "2", "--switch-prob", "0.5", "--guidance", "4.0",
            "--checkpoint-every", "50", "--router-horizon-frames", "240"]  # (the shipped weights' T: 60 s)
@@ -255,13 +255,13 @@ _STAGE2 = ["--latent-frames", "6", "--steps", "300", "--batch-size", "4", "--lr"
 # The demo recipe (what videossm_core/demo/weights/CARD.md reports); each stage resumes if interrupted.
 DEMO_RECIPE = {
     # VAE phase A (single frames) + B (clips), object-weighted; then a fine-tune with the ring weighting. (The
-    # shipped VAE was trained so on the world's first, smaller objects; CARD.md measures it on today's.)
+    # shipped VAE was trained so on the world's first, smaller objects; NOTES.md measures it on today's.)
     "vae": ["--image-steps", "800", "--steps", "500", "--batch-size", "4", "--frames", "21", "--fg-weight", "30",
             "--ring", "0", "--checkpoint-every", "100"],
     "vae2": ["--image-steps", "0", "--steps", "900", "--video-lr", "2e-4", "--fg-weight", "10", "--ring", "3",
              "--batch-size", "4", "--frames", "21", "--checkpoint-every", "150"],
     # The teacher: the 2x2-patch preset (Wan's own patch size; 4x4 patches left the shapes to the output
-    # projection and never bound the shape word, CARD.md), 1024 cached clips, one 40000-step schedule run in
+    # projection and never bound the shape word, NOTES.md), 1024 cached clips, one 40000-step schedule run in
     # two legs: 10500 steps on 3-latent-frame windows (cheap; colour, background and most of the shape
     # binding), then 6-frame windows (the 2 chunks stages 1-2 score) to the end of the schedule.
     "teacher": ["--preset", "demo-patch2", "--batch-size", "8", "--lr", "4e-4", "--clips", "1024",
@@ -274,7 +274,7 @@ DEMO_RECIPE = {
                "--guidance", "2.0", "--checkpoint-every", "50"],
     "stage2": [*_STAGE2, "--rollout-frames", "105"],
     # Stage 2 again from its own student and critic, on rollouts of 1200 latent frames (5 minutes): windows are
-    # scored at every depth a long video reaches (CARD.md: from the finished teacher, benchmark seed 1, random
+    # scored at every depth a long video reaches (NOTES.md: from the finished teacher, benchmark seed 1, random
     # schedule 87.8 -> 99.3 % colour and shape, the late switch 10 -> 2 chunks; steady 94.8 -> 94.5 %, 7 -> 4).
     "stage2_deep": [*_STAGE2, "--rollout-frames", "1200"],
 }

@@ -109,7 +109,7 @@ def interval_guidance(guidance: float, sigma: Tensor, max_sigma: float | None) -
 
     Guidance in a limited interval (Kynkaenniemi et al., 2024): at the highest noise levels, where the
     layout is decided, CFG enlarges and exaggerates what the prompt names (the demo teacher's objects come
-    out 1.26x the world's area at guidance 4, 1.00x with guidance only below sigma 0.8, CARD.md), while
+    out 1.26x the world's area at guidance 4, 1.00x with guidance only below sigma 0.8, training/NOTES.md), while
     the binding of the prompt's words is done lower down. ``None`` guides at every level."""
     scale = torch.full_like(sigma.float(), float(guidance))
     if max_sigma is None:
