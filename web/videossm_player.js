@@ -13,6 +13,11 @@
 // skipped for a node with `hideOutputImages` (as the frontend's own image editors set it). The sampler
 // sends no image on that channel, so its store entry never holds a preview (which Nodes 2.0 showed as
 // a live image during the run, and loaded into a <video> after it: "Video failed to load").
+// Older frontends (the pinned 1.32.9) do not know hideOutputImages: their Nodes 2.0 node shows an <img>
+// of the output as soon as the `executed` message is in the store, but builds its URL from
+// `app.nodeOutputs` (the store's getNodeImageUrls), which the frontend fills just before the node's
+// onExecuted. There the sampler's onExecuted removes its own entry from `app.nodeOutputs` (the run's
+// result stays in the server's history and the queue; the player has it from the message).
 // VideoSSM Load State's list is fetched again from the server when a run ends and when the node is
 // added or clicked, so new states are offered without reloading the page.
 import { app } from "../../scripts/app.js";
@@ -125,7 +130,26 @@ class Player {
   }
 }
 
+// The first frontend seen to honour `hideOutputImages` (1.32.9 does not; the versions between are untested).
+const HIDES_OUTPUT_IMAGES_FROM = [1, 58, 1];
+
+function honoursHideOutputImages() {
+  const v = String(window.__COMFYUI_FRONTEND_VERSION__ ?? "").split(".").map((x) => parseInt(x, 10));
+  if (v.length < 3 || v.some((x) => !Number.isFinite(x))) return false;
+  for (let i = 0; i < 3; i++) if (v[i] !== HIDES_OUTPUT_IMAGES_FROM[i]) return v[i] > HIDES_OUTPUT_IMAGES_FROM[i];
+  return true;
+}
+
+/** Keep an older frontend's Nodes 2.0 node from drawing its own preview of the sampler's output. */
+function dropOutputPreview(node) {
+  if (honoursHideOutputImages() || !app.nodeOutputs) return; // newer: its store also feeds app mode
+  const graph = node.graph;
+  const locator = graph && graph.isRootGraph === false ? `${graph.id}:${node.id}` : String(node.id);
+  delete app.nodeOutputs[locator];
+}
+
 function onExecuted(node, message) {
+  if (node.videossmPlayer) dropOutputPreview(node);
   const file = message?.images?.[0];
   if (!file?.filename || !node.videossmPlayer) return;
   const state = stateChoice(file);

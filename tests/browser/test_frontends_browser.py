@@ -152,16 +152,11 @@ FOREIGN_MEDIA_NOW_JS = """() => {
 }"""
 
 
-def test_new_frontend_sampler_player(browser_page, browser_server, request):
-    """The sampler's player, live preview, Cancel and Load State's list (test_player_browser) on 1.58.1.
+def test_new_frontend_sampler_player(browser_page, browser_server):
+    """The sampler's player, live preview, Cancel and Load State's list (test_player_browser) on 1.58.1
+    (Nodes 2.0 off and on) and on 1.32.9 with Nodes 2.0 on.
     With Nodes 2.0 the node shows our player only: no preview of its own (live image or output video)."""
     bp = browser_page
-    if bp.frontend == PINNED_FRONTEND:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "1.32.9's Nodes 2.0 puts an <img class='block size-full object-contain'> of the run's mp4 "
-            "(/api/view?filename=demo_00001_.mp4) into the sampler's node element during the run (gone by the "
-            "end): the pack does not yet keep that renderer's own output preview out (1.58.1's honours "
-            "hideOutputImages)")))
     bp.evaluate(WATCH_FOREIGN_MEDIA_JS)
     player.test_sampler_plays_this_runs_video_and_a_cancel_shows_the_partial_one(bp, browser_server)
     bp.screenshot("player")
