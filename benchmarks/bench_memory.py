@@ -4,6 +4,8 @@
         --vae runs/vae_marked [--seeds 6] [--minutes 3] [--json outputs/bench_memory.json]
     python benchmarks/bench_memory.py --small      # CI: the shipped generator under the three stream settings
 
+``--memory-off`` adds the hybrid's weights with the memory switched off at inference: what the memory itself recalls.
+
 For every variant and seed the generator streams a long video over a schedule of the world's memory episodes
 (``world.sample_memory_episode``: revisits X -> A -> B -> A, and scenes whose object slides out of a world wider than
 the frame and comes back), the video is decoded chunk by chunk and every other frame is read back with the world's
@@ -283,14 +285,14 @@ def _fmt(rate) -> str:
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
-    head = (f"{'variant':8} | {'revisit recall %':18} {'chance':6} {'n':>4} | {'return recall %':18} {'chance':6} "
+    head = (f"{'variant':10} | {'revisit recall %':18} {'chance':6} {'n':>4} | {'return recall %':18} {'chance':6} "
             f"{'n':>4} | {'copied 1st %':18} | {'prompt acc %':18} | {'switch<=2 %':18} | {'sink-copy chunks %':18} | "
             f"dd/world (min-max)")
     print(head)
     print("-" * len(head))
     for name, r in results.items():
         dd = r["dd_ratio_to_world"]
-        print(f"{name:8} | {_fmt(r['revisit_recall']):18} {100 * r['revisit_chance']:5.1f}% {r['revisit_counted']:4d} | "
+        print(f"{name:10} | {_fmt(r['revisit_recall']):18} {100 * r['revisit_chance']:5.1f}% {r['revisit_counted']:4d} | "
               f"{_fmt(r['return_recall']):18} {100 * r['return_chance']:5.1f}% {r['return_counted']:4d} | "
               f"{_fmt(r['revisit_copied_first']):18} | {_fmt(r['prompt_accuracy']):18} | {_fmt(r['switch_within_2']):18} | "
               f"{_fmt(r['sink_copy_chunks']):18} | {dd[0]:.2f} ({dd[1]:.2f}-{dd[2]:.2f})")
@@ -336,6 +338,8 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     else:
         if task["path"]:
             model, stream, sampling = load_variant(task["path"])
+            if task["name"] == "hybrid-off":  # the same weights, the memory switched off at inference
+                stream = stream.replace(memory=False)
         else:  # the shipped generator under this variant's memory
             stream = StreamConfig(**{**bundle.stream_config.to_dict(), **VARIANTS[task["name"]],
                                      "router_horizon_frames": None})
@@ -353,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="demo files folder for the text encoder (and the VAE; default: shipped)")
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--minutes", type=float, default=3.0, help="video length (>= 10x the 16 s training episodes)")
+    parser.add_argument("--memory-off", action="store_true",
+                        help="also run the --hybrid weights with the memory switched off at inference (what the "
+                             "memory itself contributes)")
+    parser.add_argument("--no-world", action="store_true",
+                        help="skip the world's own row (the ceiling), e.g. when another run of the same seeds has it")
     parser.add_argument("--jobs", type=int, default=1, help="videos generated at once (worker processes, 1 thread each)")
     parser.add_argument("--small", action="store_true",
                         help="CI: one seed, 40 s, the shipped generator under each variant's stream settings")
@@ -362,10 +371,17 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in VARIANT_ORDER if getattr(args, n) or args.small]
     if not names:
         parser.error("give --hybrid/--sink/--window generator files, or --small")
+    paths = {n: getattr(args, n) for n in VARIANT_ORDER}
+    if args.memory_off:
+        if not args.hybrid:
+            parser.error("--memory-off needs --hybrid")
+        names.append("hybrid-off")
+        paths["hybrid-off"] = args.hybrid
     seeds = 1 if args.small else args.seeds
     seconds = 40.0 if args.small else args.minutes * 60
-    tasks = [{"name": name, "path": getattr(args, name, None), "seed": seed, "seconds": seconds, "vae": args.vae,
-              "weights": args.weights} for name in ["world", *names] for seed in range(seeds)]
+    rows = names if args.no_world else ["world", *names]
+    tasks = [{"name": name, "path": paths.get(name), "seed": seed, "seconds": seconds, "vae": args.vae,
+              "weights": args.weights} for name in rows for seed in range(seeds)]
     t0 = time.time()
     if args.jobs > 1:
         import multiprocessing
@@ -376,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         done = [run_task(task) for task in tasks]
     results, walls = {}, {}
-    for name in ["world", *names]:
+    for name in rows:
         runs = sorted((d for d in done if d["name"] == name), key=lambda d: d["seed"])
         results[name] = summarise([d["measured"] for d in runs], [d["world_dd"] for d in runs])
         walls[name] = round(sum(d["wall_s"] for d in runs), 1)
