@@ -4,7 +4,7 @@
         --vae runs/vae_marked [--seeds 6] [--minutes 3] [--json outputs/bench_memory.json]
     python benchmarks/bench_memory.py --small      # CI: the shipped generator under the three stream settings
 
-``--memory-off`` adds the hybrid's weights with the memory switched off at inference: what the memory itself recalls.
+``--memory-off HYBRID`` adds those weights with the memory switched off at inference: what the memory itself recalls.
 
 For every variant and seed the generator streams a long video over a schedule of the world's memory episodes
 (``world.sample_memory_episode``: revisits X -> A -> B -> A, and scenes whose object slides out of a world wider than
@@ -357,9 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="demo files folder for the text encoder (and the VAE; default: shipped)")
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--minutes", type=float, default=3.0, help="video length (>= 10x the 16 s training episodes)")
-    parser.add_argument("--memory-off", action="store_true",
-                        help="also run the --hybrid weights with the memory switched off at inference (what the "
-                             "memory itself contributes)")
+    parser.add_argument("--memory-off", metavar="HYBRID",
+                        help="also run these hybrid weights with the memory switched off at inference (row "
+                             "'hybrid-off': what the memory itself contributes)")
     parser.add_argument("--no-world", action="store_true",
                         help="skip the world's own row (the ceiling), e.g. when another run of the same seeds has it")
     parser.add_argument("--jobs", type=int, default=1, help="videos generated at once (worker processes, 1 thread each)")
@@ -369,14 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     names = [n for n in VARIANT_ORDER if getattr(args, n) or args.small]
-    if not names:
-        parser.error("give --hybrid/--sink/--window generator files, or --small")
     paths = {n: getattr(args, n) for n in VARIANT_ORDER}
     if args.memory_off:
-        if not args.hybrid:
-            parser.error("--memory-off needs --hybrid")
         names.append("hybrid-off")
-        paths["hybrid-off"] = args.hybrid
+        paths["hybrid-off"] = args.memory_off
+    if not names:
+        parser.error("give --hybrid/--sink/--window generator files, or --small")
     seeds = 1 if args.small else args.seeds
     seconds = 40.0 if args.small else args.minutes * 60
     rows = names if args.no_world else ["world", *names]
