@@ -39,6 +39,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from videossm_core.demo.world import dynamic_degree_per_minute  # noqa: E402 (after the path)
+
 
 def build_schedule(minutes: float, switch_every: float, seed: int, steady_motions: bool = False) -> str:
     """A schedule that walks through the world's vocabulary, one change of prompt per step.
@@ -68,17 +70,6 @@ def build_schedule(minutes: float, switch_every: float, seed: int, steady_motion
             nxt = world.sample_spec(rng)
         spec, t, step = nxt, t + switch_every, step + 1
     return "\n".join(lines) + "\n"
-
-
-def dynamic_degree_per_minute(frames: np.ndarray, fps: int) -> list[float]:
-    """Mean absolute frame difference (0..1) over each minute of ``frames [T, H, W, 3]`` uint8. A last
-    stretch shorter than half a minute (the few frames past a whole number of minutes) is left out."""
-    per_minute = []
-    for start in range(0, len(frames) - 1, 60 * fps):
-        seg = frames[start:start + 60 * fps + 1].astype(np.float32)
-        if len(seg) > 30 * fps or start == 0:
-            per_minute.append(float(np.abs(np.diff(seg, axis=0)).mean() / 255.0))
-    return per_minute
 
 
 def world_renders(segments: list[tuple[str, int]], height: int, width: int, seeds=(0, 1, 2)) -> list[np.ndarray]:

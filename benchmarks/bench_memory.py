@@ -42,6 +42,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from videossm_core.demo.world import dynamic_degree_per_minute  # noqa: E402 (after the path)
+
 WINDOW_VIDEO_FRAMES = 48  # the local window (12 latent frames): a marking hidden longer must come from elsewhere
 VARIANT_ORDER = ("hybrid", "sink", "window")
 
@@ -172,15 +174,6 @@ def chunk_table(rows: list[dict[str, Any]], scenes: list[dict[str, Any]], total_
                       "ok": colour == spec.colour and shape == spec.shape})
         chunk += 1
     return table
-
-
-def dynamic_degree_per_minute(frames: np.ndarray, fps: int = 16) -> list[float]:
-    per_minute = []
-    for start in range(0, len(frames) - 1, 60 * fps):
-        seg = frames[start:start + 60 * fps + 1].astype(np.float32)
-        if len(seg) > 30 * fps or start == 0:
-            per_minute.append(float(np.abs(np.diff(seg, axis=0)).mean() / 255.0))
-    return per_minute
 
 
 def measure_video(frames: np.ndarray, schedule: Sequence[tuple[int, str]]) -> dict[str, Any]:

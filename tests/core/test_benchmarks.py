@@ -9,11 +9,7 @@ import numpy as np
 
 
 def _bench_demo_quality():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_demo_quality.py"
-    spec = importlib.util.spec_from_file_location("bench_demo_quality", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _bench("bench_demo_quality")
 
 
 def test_the_world_acting_out_the_schedule_is_the_reference_for_its_dynamic_degree():
@@ -229,11 +225,7 @@ def test_bench_state_saves_a_state_of_the_asked_shape_and_reports_the_policy(tmp
 # ---------------------------------------------------------------------------------------------- bench_memory
 
 def _bench_memory():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_memory.py"
-    spec = importlib.util.spec_from_file_location("bench_memory", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _bench("bench_memory")
 
 
 def _forgetful(episode):

@@ -1168,6 +1168,17 @@ def dynamic_degree(frames: np.ndarray) -> float:
     return total / (len(a) - 1) / scale
 
 
+def dynamic_degree_per_minute(frames: np.ndarray, fps: int = 16) -> list[float]:
+    """``dynamic_degree`` over each minute of ``frames [T, H, W, 3]`` uint8 (consecutive minutes share their boundary
+    frame). A last stretch shorter than half a minute (the few frames past a whole number of minutes) is left out."""
+    per_minute = []
+    for start in range(0, len(frames) - 1, 60 * fps):
+        seg = frames[start:start + 60 * fps + 1]
+        if len(seg) > 30 * fps or start == 0:
+            per_minute.append(dynamic_degree(seg))
+    return per_minute
+
+
 def _majority(values: list) -> tuple[Any, float]:
     found = [v for v in values if v is not None]
     if not found:
