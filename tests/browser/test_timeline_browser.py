@@ -217,7 +217,9 @@ def test_inspect_state_shows_its_summary(browser_page):
     _open_demo(bp)
     inspect = bp.evaluate("() => app.graph.nodes.find(n => n.type === 'VideoSSMInspectState').id")
     bp.evaluate(EXECUTED_JS, {"id": inspect, "text": ["chunks: 81\nnext frame: 243\nmemory: on"]})
-    bp.wait_for(f"() => document.querySelector('.vssm-text[data-node=\"{inspect}\"]')")
+    # present, then laid out (a DOM widget takes its size at the next frame; on 1.58.1 it starts a few px wide)
+    bp.wait_for(f"() => document.querySelector('.vssm-text[data-node=\"{inspect}\"]')"
+                f"?.getBoundingClientRect().width > 100")
     shown = bp.evaluate(f"""() => {{
       const box = document.querySelector('.vssm-text[data-node="{inspect}"]');
       const r = box.getBoundingClientRect();

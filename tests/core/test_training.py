@@ -494,11 +494,12 @@ def test_two_process_gloo_run_matches_one_process_run(tmp_path):
     # Parameters: float32 rounding differs with the per-process batch, and Adam's first steps
     # (update ~ lr * g / |g|) amplify it for the rare near-zero gradient, by up to a fraction of one step
     # (lr = 1e-3; how much depends on the CPU's kernels). A correct data-parallel run agrees to 1e-5 almost
-    # everywhere and nowhere by half a step; a wrong one is off by whole steps nearly everywhere.
+    # everywhere and nowhere by half a step; a wrong one is off by whole steps nearly everywhere. (A small tensor
+    # may have a couple of such elements: the memory's gates also get gradient through a switch's re-cache.)
     for key, value in single["student"].items():
         diff = (double["student"][key] - value).abs()
         assert diff.max() < 5e-4, key
-        assert int((diff > 1e-5).sum()) <= max(1, diff.numel() // 100), key
+        assert int((diff > 1e-5).sum()) <= max(2, diff.numel() // 100), key
 
 
 # ---------------------------------------------------------------------------------------------- resume
