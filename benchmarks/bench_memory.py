@@ -16,7 +16,9 @@ draws one when the scene first appears; what is measured is whether the *same* m
   end of its first visit (events where A showed none are not counted; a revisit that shows none is a miss);
 - **recall after a return**: in a sliding scene, the object is out of view for >= 3 s (longer than the window) and
   re-enters: the marking after equals the marking before;
-- **chance**: a marking drawn afresh matches with probability 1 / (markings possible for that colour);
+- **chance**: a marking drawn afresh uniformly matches with probability 1 / (markings possible for that colour);
+  beside it the variant's **own** chance, how often two of its own first-visit draws for that colour agree (a
+  generator that favours some markings matches more often without remembering anything);
 - **copies of the first scene** (what a sink alone would do): a revisit's marking equal to the first scene's while
   A's was another; and chunks whose colour and shape are the first scene's while the prompt asks for others;
 - **dynamic degree per minute** beside the world's own for the same episodes (freezing: ratio << 1);
@@ -155,6 +157,25 @@ def chance_of(prompt: str) -> float:
     return 1.0 / len(world.marking_candidates(world.parse_prompt(prompt).colour))
 
 
+def own_chance(first_markings: Sequence[tuple[str, str]], prompts: Sequence[str]) -> float:
+    """Chance that two independent draws of a generator's own marking agree, for the colours of ``prompts``: per
+    colour, the unbiased estimate of sum_m p_m^2 from the markings it gave scenes of that colour on their first visit
+    (``first_markings``: (colour, marking) pairs); the uniform chance where fewer than 2 were seen. A generator that
+    favours some markings matches more often than uniform without remembering anything."""
+    from videossm_core.demo import world
+
+    counts: dict[str, Counter] = {}
+    for colour, marking in first_markings:
+        counts.setdefault(colour, Counter())[marking] += 1
+    out = []
+    for prompt in prompts:
+        colour = world.parse_prompt(prompt).colour
+        c = counts.get(colour, Counter())
+        n = sum(c.values())
+        out.append(sum(k * (k - 1) for k in c.values()) / (n * (n - 1)) if n >= 2 else chance_of(prompt))
+    return float(np.mean(out)) if out else float("nan")
+
+
 def chunk_table(rows: list[dict[str, Any]], scenes: list[dict[str, Any]], total_frames: int,
                 chunk_frames: int = 12) -> list[dict[str, Any]]:
     """Per chunk: the active prompt, what shows (majority colour and shape), chunks since the scene started."""
@@ -193,7 +214,12 @@ def measure_video(frames: np.ndarray, schedule: Sequence[tuple[int, str]]) -> di
     sink_copies = [c for c in later if (c["colour"], c["shape"]) == (first.colour, first.shape)
                    and (world.parse_prompt(c["prompt"]).colour, world.parse_prompt(c["prompt"]).shape)
                    != (first.colour, first.shape)]
+    # the marking each scene got on its first visit: how often a generator draws each one (own_chance)
+    first_markings = [(world.parse_prompt(sc["prompt"]).colour,
+                       majority([r["marking"] for r in rows_between(rows, sc["start"], sc["end"])]))
+                      for sc in scenes if sc["visit"] == 0]
     return {"revisits": revisit_events(rows, scenes), "returns": return_events(rows, scenes),
+            "first_markings": [(c, m) for c, m in first_markings if m is not None],
             "prompt_ok": sum(c["ok"] for c in shown), "prompt_n": len(shown),
             "found": sum(c["found"] for c in table) / max(1, len(table)),
             "switch_latencies": latencies, "sink_copy_chunks": len(sink_copies), "later_chunks": len(later),
@@ -253,14 +279,17 @@ def summarise(videos: list[dict[str, Any]], world_dd: list[list[float]]) -> dict
     rev_counted = [e for e in rev if e["before"] is not None]
     ret_counted = [e for e in ret if e["before"] is not None]
     lat = [x for v in videos for x in v["switch_latencies"]]
+    drawn = [pair for v in videos for pair in v["first_markings"]]
     dd_ratio = [g / w for v, wd in zip(videos, world_dd) for g, w in zip(v["dynamic_degree_per_minute"], wd) if w > 0]
     out = {
         "revisit_recall": wilson(sum(e["recalled"] for e in rev_counted), len(rev_counted)),
         "revisit_events": len(rev), "revisit_counted": len(rev_counted),
         "revisit_chance": float(np.mean([chance_of(e["prompt"]) for e in rev_counted])) if rev_counted else float("nan"),
+        "revisit_own_chance": own_chance(drawn, [e["prompt"] for e in rev_counted]),
         "revisit_copied_first": wilson(sum(e["copied_first"] for e in rev_counted), len(rev_counted)),
         "return_recall": wilson(sum(e["recalled"] for e in ret_counted), len(ret_counted)),
         "return_events": len(ret), "return_counted": len(ret_counted),
+        "return_own_chance": own_chance(drawn, [e["prompt"] for e in ret_counted]),
         "return_chance": float(np.mean([chance_of(e["prompt"]) for e in ret_counted])) if ret_counted else float("nan"),
         "prompt_accuracy": wilson(sum(v["prompt_ok"] for v in videos), sum(v["prompt_n"] for v in videos)),
         "object_found": float(np.mean([v["found"] for v in videos])),
@@ -277,16 +306,22 @@ def _fmt(rate) -> str:
     return "   n/a          " if p != p else f"{100 * p:5.1f} [{100 * lo:4.1f}-{100 * hi:5.1f}]"
 
 
+def _chances(r: dict[str, Any], kind: str) -> str:
+    """Uniform chance / the variant's own (how often its own marking draws agree), in %."""
+    uniform, own = r[f"{kind}_chance"], r[f"{kind}_own_chance"]
+    return "n/a" if uniform != uniform else f"{100 * uniform:4.0f}/{100 * own:3.0f}%"
+
+
 def print_table(results: dict[str, dict[str, Any]]) -> None:
-    head = (f"{'variant':10} | {'revisit recall %':18} {'chance':6} {'n':>4} | {'return recall %':18} {'chance':6} "
+    head = (f"{'variant':10} | {'revisit recall %':18} {'chance/own':11} {'n':>4} | {'return recall %':18} {'chance/own':11} "
             f"{'n':>4} | {'copied 1st %':18} | {'prompt acc %':18} | {'switch<=2 %':18} | {'sink-copy chunks %':18} | "
             f"dd/world (min-max)")
     print(head)
     print("-" * len(head))
     for name, r in results.items():
         dd = r["dd_ratio_to_world"]
-        print(f"{name:10} | {_fmt(r['revisit_recall']):18} {100 * r['revisit_chance']:5.1f}% {r['revisit_counted']:4d} | "
-              f"{_fmt(r['return_recall']):18} {100 * r['return_chance']:5.1f}% {r['return_counted']:4d} | "
+        print(f"{name:10} | {_fmt(r['revisit_recall']):18} {_chances(r, 'revisit'):11} {r['revisit_counted']:4d} | "
+              f"{_fmt(r['return_recall']):18} {_chances(r, 'return'):11} {r['return_counted']:4d} | "
               f"{_fmt(r['revisit_copied_first']):18} | {_fmt(r['prompt_accuracy']):18} | {_fmt(r['switch_within_2']):18} | "
               f"{_fmt(r['sink_copy_chunks']):18} | {dd[0]:.2f} ({dd[1]:.2f}-{dd[2]:.2f})")
 

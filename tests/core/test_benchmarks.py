@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 def _bench_demo_quality():
@@ -269,12 +270,30 @@ def test_memory_bench_reads_every_recall_on_the_world_and_none_when_the_world_fo
     assert len(seen["returns"]) == kinds["return"] and all(e["recalled"] for e in seen["returns"])
     assert seen["prompt_ok"] == seen["prompt_n"] > 0 and set(seen["switch_latencies"]) == {0}
     assert seen["sink_copy_chunks"] == 0
+    assert len(seen["first_markings"]) == len({p for _, p in episode.schedule})  # every scene's first visit
+    assert all(m in world.marking_candidates(c) for c, m in seen["first_markings"])
     forgot = bench.measure_video(_forgetful(episode), episode.schedule)
     assert len(forgot["revisits"]) == kinds["revisit"] and not any(e["recalled"] for e in forgot["revisits"])
     assert len(forgot["returns"]) == kinds["return"] and not any(e["recalled"] for e in forgot["returns"])
     # the first scene's marking where A's was another: what copying the sink looks like
     copied = bench.measure_video(episode.frames, episode.schedule)["revisits"][0]
     assert copied["copied_first"] is False
+
+
+def test_own_chance_is_how_often_a_generators_own_draws_agree():
+    """A generator that gives red scenes marking A three times in four matches itself half the time (unbiased
+    sum of p^2: 3*2 / (4*3)), well above the uniform 1/3 or 1/4; a colour seen fewer than twice falls back to
+    uniform."""
+    from videossm_core.demo import world
+
+    bench = _bench_memory()
+    red, blue = "a red circle bouncing on a dark background", "a blue ring resting on a light background"
+    a, b = world.marking_candidates("red")[:2]
+    drawn = [("red", a), ("red", a), ("red", a), ("red", b), ("blue", world.marking_candidates("blue")[0])]
+    assert bench.own_chance(drawn, [red]) == 0.5
+    assert bench.own_chance(drawn, [blue]) == bench.chance_of(blue)
+    assert bench.own_chance(drawn, [red, blue]) == (0.5 + bench.chance_of(blue)) / 2
+    assert bench.own_chance([("red", a), ("red", b)] * 2, [red]) == pytest.approx(1 / 3)  # 2 of each: (2+2)/12
 
 
 def test_wilson_intervals():
