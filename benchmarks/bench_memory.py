@@ -45,6 +45,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from videossm_core.demo.world import dynamic_degree_per_minute  # noqa: E402 (after the path)
+from videossm_core.schedule import chunk_start_frame  # noqa: E402 (the first chunk holds 9 frames, later ones 12)
 
 WINDOW_VIDEO_FRAMES = 48  # the local window (12 latent frames): a marking hidden longer must come from elsewhere
 VARIANT_ORDER = ("hybrid", "sink", "window")
@@ -68,11 +69,6 @@ def majority(values: Sequence[Any]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- per-frame reading
-
-def chunk_start_frame(chunk: int, chunk_frames: int = 12) -> int:
-    """First video frame of latent chunk ``chunk`` (the first chunk holds 9 frames, every later one 12)."""
-    return 0 if chunk == 0 else chunk_frames * chunk - 3
-
 
 def read_frames(frames: np.ndarray, stride: int = 2) -> list[dict[str, Any]]:
     """``world.measure_frame`` of every ``stride``-th frame as plain dicts (frame index, colour, shape, marking,
@@ -176,14 +172,13 @@ def own_chance(first_markings: Sequence[tuple[str, str]], prompts: Sequence[str]
     return float(np.mean(out)) if out else float("nan")
 
 
-def chunk_table(rows: list[dict[str, Any]], scenes: list[dict[str, Any]], total_frames: int,
-                chunk_frames: int = 12) -> list[dict[str, Any]]:
+def chunk_table(rows: list[dict[str, Any]], scenes: list[dict[str, Any]], total_frames: int) -> list[dict[str, Any]]:
     """Per chunk: the active prompt, what shows (majority colour and shape), chunks since the scene started."""
     from videossm_core.demo import world
 
     table, chunk = [], 0
-    while chunk_start_frame(chunk, chunk_frames) < total_frames:
-        a, b = chunk_start_frame(chunk, chunk_frames), chunk_start_frame(chunk + 1, chunk_frames)
+    while chunk_start_frame(chunk) < total_frames:
+        a, b = chunk_start_frame(chunk), chunk_start_frame(chunk + 1)
         scene = next(s for s in scenes if s["start"] <= a < s["end"])
         part = rows_between(rows, a, b)
         spec = world.parse_prompt(scene["prompt"])

@@ -40,6 +40,7 @@ from .data import EpisodeDataset, TextConditioner, encode_memory_episodes
 from .distributed import DistEnv, barrier, resolve_device, sample_generator
 from .rollout import RolloutConfig, SelfRollout
 from .stage1 import DEMO_STREAM, load_any_model, sampling_config
+from .stage2 import memory_param
 
 # The three memories the benchmark compares. "window" keeps the hybrid's recent frames (9) without the sink's 3.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -87,10 +88,6 @@ class RecallConfig:
             raise ValueError(f"unknown variant {self.variant!r}; use one of {sorted(VARIANTS)}")
         if not self.stream:
             self.stream = dict(VARIANTS[self.variant])
-
-
-def _memory_param(name: str) -> bool:
-    return ".self_attn.memory." in name  # the gates, the decay, the read's out-gate and norm, the router
 
 
 def chunk_weights(events: list[dict], num_chunks: int, chunk: int, event_weight: float, event_chunks: int) -> list[float]:
@@ -189,8 +186,8 @@ def train_recall(cfg: RecallConfig, env: DistEnv, student: CausalWanModel | None
     chunk = cfg.stream["chunk_frames"]
     num_chunks = min(cfg.episode_frames, data.latents.shape[2]) // chunk
 
-    mem_params = [p for n, p in student.named_parameters() if _memory_param(n)]
-    base_params = [p for n, p in student.named_parameters() if not _memory_param(n)]
+    mem_params = [p for n, p in student.named_parameters() if memory_param(n)]
+    base_params = [p for n, p in student.named_parameters() if not memory_param(n)]
     student.requires_grad_(True)
     opt = make_adamw([{"params": mem_params, "lr_scale": 1.0},
                       {"params": base_params, "lr_scale": cfg.base_lr_scale}], cfg.lr, betas=cfg.betas)

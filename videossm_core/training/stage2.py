@@ -77,7 +77,8 @@ class CarriedRollout:
     graph_windows: int = 0  # windows the memory's carried graph spans
 
 
-def _memory_param(name: str) -> bool:
+def memory_param(name: str) -> bool:
+    """A VideoSSM memory parameter (gates, decay, the read's out-gate and norm, the router)."""
     return ".self_attn.memory." in name
 
 
@@ -105,14 +106,14 @@ def train_stage2(cfg: Stage2Config, env: DistEnv, teacher: CausalWanModel | None
     conditioner.device = device
     student.to(device).train()
     critic.to(device).train().requires_grad_(True)
-    mem_params = [p for n, p in student.named_parameters() if _memory_param(n)]
-    base_params = [p for n, p in student.named_parameters() if not _memory_param(n)]
+    mem_params = [p for n, p in student.named_parameters() if memory_param(n)]
+    base_params = [p for n, p in student.named_parameters() if not memory_param(n)]
     for p in mem_params:
         p.requires_grad_(True)
     for p in base_params:
         p.requires_grad_(cfg.base_lr_scale > 0)
     trained = mem_params + (base_params if cfg.base_lr_scale > 0 else [])
-    critic_params = [p for n, p in critic.named_parameters() if not _memory_param(n)]
+    critic_params = [p for n, p in critic.named_parameters() if not memory_param(n)]
     gen_opt = make_adamw([{"params": mem_params, "lr_scale": 1.0},
                           {"params": base_params if cfg.base_lr_scale > 0 else [], "lr_scale": cfg.base_lr_scale}],
                          cfg.lr, betas=cfg.betas)
