@@ -25,6 +25,11 @@ draws one when the scene first appears; what is measured is whether the *same* m
 - **prompt accuracy** (colour and shape of the chunks that show the whole object) and **switch latency** (chunks until the new
   prompt's colour and shape show; rate within 2 chunks).
 
+With ``--teacher-forced N`` each variant also takes the *teacher-forced* recall test on N held-out episodes
+(``recall.teacher_forced_recall``): the world's true past streamed into its cache up to a revisit, the revisit's
+first 2 chunks sampled, their marking read back. The first visit is the world's own there, so chance is exactly
+uniform, and the test measures what the memory recalls apart from how the generator draws first visits.
+
 Rates pool the events of all seeds, with Wilson 95 % intervals. The world's own frames, passed through the same VAE,
 are measured the same way (the "world" row): the ceiling of what the measurement can read.
 """
@@ -338,38 +343,89 @@ def load_variant(path: str):
             SamplingConfig.from_dict(_json.loads(meta[META_SAMPLING])))
 
 
+def teacher_forced_task(task: dict[str, Any]) -> dict[str, Any]:
+    """One variant's teacher-forced recall on the held-out episodes in ``task["episodes"]``."""
+    import torch
+
+    from videossm_core.demo.bundle import load_demo_bundle
+    from videossm_core.training.data import EpisodeDataset, TextConditioner
+    from videossm_core.training.recall import teacher_forced_recall
+
+    torch.set_num_threads(1)
+    t0 = time.time()
+    bundle = load_demo_bundle(directory=task["weights"])
+    model, stream, sampling = _variant_model(task, bundle)
+    vae = _vae(task, bundle)
+    rows = teacher_forced_recall(model, stream, sampling, TextConditioner(bundle.text_encoder, model.config.text_len),
+                                 vae, EpisodeDataset.load(task["episodes"]), seed=task["seed"])
+    return {"name": task["name"], "rows": rows, "wall_s": time.time() - t0}
+
+
+def summarise_teacher_forced(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"recall": wilson(sum(r["hit"] for r in rows), len(rows)), "events": len(rows),
+            "chance": float(np.mean([r["chance"] for r in rows])) if rows else float("nan"),
+            "none_drawn": sum(r["drawn"] is None for r in rows)}
+
+
+def _vae(task: dict[str, Any], bundle):
+    if not task["vae"]:
+        return bundle.vae
+    from videossm_core.training.vae_training import load_trained_vae
+
+    return load_trained_vae(task["vae"])
+
+
+def _variant_model(task: dict[str, Any], bundle):
+    """``(model, stream, sampling)`` of a task's variant: its file's own, or the shipped generator under the variant's
+    memory; "hybrid-off" is the hybrid's weights with the memory switched off at inference."""
+    from videossm_core.config import StreamConfig
+    from videossm_core.training.recall import VARIANTS
+
+    if task["path"]:
+        model, stream, sampling = load_variant(task["path"])
+        if task["name"] == "hybrid-off":
+            stream = stream.replace(memory=False)
+        return model, stream, sampling
+    stream = StreamConfig(**{**bundle.stream_config.to_dict(), **VARIANTS[task["name"]], "router_horizon_frames": None})
+    return bundle.model, stream, bundle.sampling_config
+
+
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
     """One video: the world's own episode through the VAE (``task["name"] == "world"``) or a variant's generation,
     measured. Loads what it needs itself, so tasks can run in worker processes."""
     import torch
 
-    from videossm_core.config import StreamConfig
     from videossm_core.demo.bundle import load_demo_bundle
-    from videossm_core.training.recall import VARIANTS
 
+    if task.get("episodes"):
+        return teacher_forced_task(task)
     torch.set_num_threads(1)
     t0 = time.time()
     bundle = load_demo_bundle(directory=task["weights"])
-    vae = bundle.vae
-    if task["vae"]:
-        from videossm_core.training.vae_training import load_trained_vae
-
-        vae = load_trained_vae(task["vae"])
+    vae = _vae(task, bundle)
     frames, schedule = episode_schedule(task["seed"], task["seconds"])
     if task["name"] == "world":
         video = through_vae(frames, vae)
     else:
-        if task["path"]:
-            model, stream, sampling = load_variant(task["path"])
-            if task["name"] == "hybrid-off":  # the same weights, the memory switched off at inference
-                stream = stream.replace(memory=False)
-        else:  # the shipped generator under this variant's memory
-            stream = StreamConfig(**{**bundle.stream_config.to_dict(), **VARIANTS[task["name"]],
-                                     "router_horizon_frames": None})
-            model, sampling = bundle.model, bundle.sampling_config
+        model, stream, sampling = _variant_model(task, bundle)
         video = generate(model, vae, bundle.text_encoder, schedule, len(frames), stream, sampling, task["seed"])
     return {"name": task["name"], "seed": task["seed"], "measured": measure_video(video, schedule),
             "world_dd": dynamic_degree_per_minute(frames), "wall_s": time.time() - t0}
+
+
+HELD_OUT_SEED = 7000  # recall tuning encodes its episodes with seed 2000 (its --seed + 2000)
+
+
+def encode_held_out(num_episodes: int, path: str, vae_path: str | None, weights: str | None) -> None:
+    """``num_episodes`` memory episodes the recall stage never trains on, encoded (16 s each) into ``path``; revisits
+    only (the teacher-forced test scores those)."""
+    import torch
+
+    from videossm_core.demo.bundle import load_demo_bundle
+    from videossm_core.training.data import encode_memory_episodes
+
+    vae = _vae({"vae": vae_path}, load_demo_bundle(directory=weights))
+    encode_memory_episodes(vae, num_episodes, 66, 64, 64, HELD_OUT_SEED, kinds=("revisit",)).save(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
                              "'hybrid-off': what the memory itself contributes)")
     parser.add_argument("--no-world", action="store_true",
                         help="skip the world's own row (the ceiling), e.g. when another run of the same seeds has it")
+    parser.add_argument("--teacher-forced", type=int, default=0, metavar="N",
+                        help="also the teacher-forced recall test on N held-out episodes of 16 s (0: skip)")
+    parser.add_argument("--generated", action=argparse.BooleanOptionalAction, default=True,
+                        help="the generated long videos (--no-generated: the teacher-forced test alone)")
     parser.add_argument("--jobs", type=int, default=1, help="videos generated at once (worker processes, 1 thread each)")
     parser.add_argument("--small", action="store_true",
                         help="CI: one seed, 40 s, the shipped generator under each variant's stream settings")
@@ -401,9 +461,21 @@ def main(argv: list[str] | None = None) -> int:
     seeds = 1 if args.small else args.seeds
     seconds = 40.0 if args.small else args.minutes * 60
     rows = names if args.no_world else ["world", *names]
+    rows = rows if args.generated else []
     tasks = [{"name": name, "path": paths.get(name), "seed": seed, "seconds": seconds, "vae": args.vae,
               "weights": args.weights} for name in rows for seed in range(seeds)]
     t0 = time.time()
+    num_tf = 2 if args.small and not args.teacher_forced else args.teacher_forced
+    tmp = None
+    if num_tf:
+        import tempfile
+
+        tmp = tempfile.TemporaryDirectory(prefix="bench_memory_")
+        episodes = os.path.join(tmp.name, "episodes.safetensors")
+        encode_held_out(num_tf, episodes, args.vae, args.weights)
+        # The long tasks first: a pool finishes sooner when its longest tasks start first.
+        tasks += [{"name": name, "path": paths.get(name), "seed": 0, "vae": args.vae, "weights": args.weights,
+                   "episodes": episodes} for name in names]
     if args.jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -412,6 +484,10 @@ def main(argv: list[str] | None = None) -> int:
             done = list(pool.map(run_task, tasks))
     else:
         done = [run_task(task) for task in tasks]
+    if tmp is not None:
+        tmp.cleanup()
+    forced = {d["name"]: d for d in done if "rows" in d}
+    done = [d for d in done if "rows" not in d]
     results, walls = {}, {}
     for name in rows:
         runs = sorted((d for d in done if d["name"] == name), key=lambda d: d["seed"])
@@ -419,10 +495,20 @@ def main(argv: list[str] | None = None) -> int:
         walls[name] = round(sum(d["wall_s"] for d in runs), 1)
     print(f"bench_memory: {seeds} seed(s), {seconds:g} s videos, {time.time() - t0:.0f} s wall "
           f"(seconds per variant, all seeds: {walls})")
-    print_table(results)
+    if results:
+        print_table(results)
+    tf_results = {name: summarise_teacher_forced(d["rows"]) for name, d in forced.items()}
+    if tf_results:
+        print(f"teacher-forced recall after a revisit ({num_tf} held-out episodes; wall s: "
+              f"{ {n: round(d['wall_s']) for n, d in forced.items()} })")
+        for name, r in tf_results.items():
+            print(f"{name:10} | {_fmt(r['recall']):18} chance {100 * r['chance']:3.0f}% | n {r['events']:3d} | "
+                  f"none drawn {r['none_drawn']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"seeds": seeds, "seconds": seconds, "wall_s": walls, "results": results}, f, indent=1)
+            json.dump({"seeds": seeds, "seconds": seconds, "wall_s": walls, "results": results,
+                       "teacher_forced": {"episodes": num_tf, "results": tf_results,
+                                          "rows": {n: d["rows"] for n, d in forced.items()}}}, f, indent=1)
     return 0
 
 

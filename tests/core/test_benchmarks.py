@@ -324,3 +324,9 @@ def test_memory_bench_small_mode_prints_the_table(tmp_path, capsys):
     for key in ("revisit_recall", "return_recall"):
         if world_row[key.replace("recall", "counted")]:
             assert world_row[key][0] >= 0.99, (key, world_row[key])
+    # The teacher-forced test runs too: every variant scored on the same held-out revisits.
+    forced = json.loads((tmp_path / "memory.json").read_text())["teacher_forced"]
+    assert "teacher-forced recall" in out and set(forced["results"]) == {"hybrid", "sink", "window"}
+    counts = {r["events"] for r in forced["results"].values()}
+    assert len(counts) == 1 and counts.pop() >= 1
+    assert all(row["kind"] == "revisit" for rows in forced["rows"].values() for row in rows)

@@ -174,3 +174,103 @@ def test_the_episode_cache_is_encoded_once_in_shards(tmp_path):
         assert len(got) == 3 and torch.equal(got.latents, one.latents) and torch.equal(got.masks, one.masks)
         assert got.schedules == one.schedules and got.events == one.events
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.safetensors", "two.safetensors"]  # shards removed
+
+
+def test_chunk_weights_can_score_only_the_chunks_after_an_event():
+    assert chunk_weights([{"frame": 18}], 8, 3, 1.0, 2, other_weight=0.0) == [0, 0, 0, 0, 0, 0, 1, 1]
+
+
+def test_the_marking_weight_scores_the_band_pixels():
+    """The loss is weighted up on the marking's band: an error there alone costs more with --marking-weight."""
+    data = _episodes(1)
+    marking = torch.zeros_like(data.masks)
+    marking[:, :, 18:, 1, 1:3] = 1  # the band of A's revisit
+    model = make_tiny_model(seed=1, active_memory=True)
+    rollout = SelfRollout(model, RolloutConfig(StreamConfig(**STREAM), SamplingConfig(denoising_steps=(1000.0, 500.0))))
+    noise = torch.randn(data.latents[:1].shape, generator=torch.Generator().manual_seed(1))
+    weights = chunk_weights(data.events[0], 8, 3, 1.0, 2, other_weight=0.0)
+    with torch.no_grad():
+        plain, _ = episode_loss(rollout, _conditioner(), data.latents[:1].float(), data.masks[:1].float(),
+                                data.schedules[0], weights, [0] * 8, noise, 4.0)
+        marked, _ = episode_loss(rollout, _conditioner(), data.latents[:1].float(), data.masks[:1].float(),
+                                 data.schedules[0], weights, [0] * 8, noise, 4.0, marking.float(), 20.0)
+    assert float(marked) > 1.1 * float(plain)
+
+
+def test_base_lr_scale_zero_trains_the_memory_alone(tmp_path):
+    """--base-lr-scale 0: the memory and router move, every other weight stays bit-exact; a variant without a
+    memory then has nothing to train and says so."""
+    from videossm_core.training.stage2 import memory_param
+
+    student = make_tiny_model(seed=1, active_memory=True)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    data = _episodes()
+    data.marking_masks = data.masks.clone()
+    train_recall(_cfg(tmp_path, base_lr_scale=0.0, marking_weight=20.0, other_weight=0.0), DistEnv(), student=student,
+                 conditioner=_conditioner(), data=data, log=LossLog(tmp_path, DistEnv(), "log", quiet=True))
+    after = student.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(memory_param(k) for k in moved)
+    assert any(k.endswith("self_attn.memory.A_log") for k in moved)
+    with pytest.raises(ValueError, match="nothing to train"):
+        train_recall(_cfg(tmp_path, "sink", base_lr_scale=0.0), DistEnv(), student=make_tiny_model(seed=1),
+                     conditioner=_conditioner(), data=_episodes(), log=LossLog(tmp_path, DistEnv(), "log", quiet=True))
+
+
+def test_marking_masks_are_re_planned_for_an_old_cache(tmp_path):
+    """A cache encoded before marking masks existed gets the same masks the encoder now writes, re-planned from its
+    seed without the VAE; a wrong seed is refused rather than silently mis-masked."""
+    from videossm_core.demo.bundle import DEMO_DIR
+    from videossm_core.training.data import encode_memory_episodes
+    from videossm_core.training.vae_training import load_trained_vae
+
+    vae = load_trained_vae(str(DEMO_DIR / "vae.safetensors"))
+    new = encode_memory_episodes(vae, 2, 24, 64, 64, seed=11)
+    assert new.marking_masks is not None and new.marking_masks.shape == new.masks.shape
+    assert new.marking_masks.any() and not (new.marking_masks.bool() & ~new.masks.bool()).any()
+    new.save(tmp_path / "e.safetensors")
+    assert torch.equal(EpisodeDataset.load(tmp_path / "e.safetensors").marking_masks, new.marking_masks)
+    old = EpisodeDataset(new.latents, new.masks, new.schedules, new.events)
+    assert torch.equal(old.with_marking_masks(11, 64, 64, 4).marking_masks, new.marking_masks)
+    with pytest.raises(ValueError, match="re-plan"):
+        old.with_marking_masks(12, 64, 64, 4)
+
+
+def test_teacher_forced_recall_reads_the_marking_of_the_revisit_chunks(monkeypatch):
+    """The probe samples the chunks from a revisit on after the true past and reads their marking. With a sampler
+    that returns the true chunks it reads A's marking at every revisit; with one that returns the 2 chunks before the
+    revisit (scene B, whose marking is never A's) at none: the frames it reads are the revisit's."""
+    from videossm_core.demo.bundle import DEMO_DIR, load_demo_bundle
+    from videossm_core.training.data import encode_memory_episodes
+    from videossm_core.training.recall import teacher_forced_recall
+
+    bundle = load_demo_bundle(directory=DEMO_DIR)
+    data = encode_memory_episodes(bundle.vae, 3, 66, 64, 64, seed=7000)
+    assert sum(e["kind"] == "revisit" for ev in data.events for e in ev) >= 2
+
+    def sampler(offset):
+        def run_chunks(self, state, num_chunks, noise_fn, exit_steps, grad=True):
+            start = state.next_frame
+            ep = next(i for i in range(len(data)) if torch.equal(probe_latents[0], data.latents[i, :, :3].float()))
+            out = data.latents[ep:ep + 1, :, start + offset:start + offset + 3].float()
+            self._call(state, out, 0.0, start)
+            state.next_frame = start + 3
+            return out
+        return run_chunks
+
+    probe_latents = []
+    real_call = SelfRollout._call
+
+    def spy(self, state, x, t, start):
+        if start == 0:
+            probe_latents[:] = [x[0]]
+        return real_call(self, state, x, t, start)
+
+    monkeypatch.setattr(SelfRollout, "_call", spy)
+    args = (bundle.model, bundle.stream_config, bundle.sampling_config,
+            TextConditioner(bundle.text_encoder, bundle.model.config.text_len), bundle.vae, data)
+    for offset, expected in ((0, True), (-6, False)):
+        monkeypatch.setattr(SelfRollout, "run_chunks", sampler(offset))
+        rows = teacher_forced_recall(*args)
+        assert rows and all(r["kind"] == "revisit" for r in rows)
+        assert [r["hit"] for r in rows] == [expected] * len(rows), rows

@@ -777,3 +777,34 @@ def test_demo_patch2_preset_is_the_demo_model_with_four_times_the_tokens():
     with torch.no_grad():
         out = model(x, torch.full((1, 3), 500.0), context)
     assert out.shape == x.shape
+
+
+def test_teacher_markings_train_on_the_marked_world(tmp_path, monkeypatch):
+    """``teacher --markings``: the latent cache is encoded from the marked world's clips (what recall tuning's teacher
+    must know), the same clips the unmarked cache has but for each scene's band."""
+    import numpy as np
+
+    from videossm_core.demo import world
+    from videossm_core.training import teacher as teacher_mod
+    from videossm_core.training.cli import build_parser, teacher_config
+
+    args = build_parser().parse_args(["teacher", "--workdir", "w", "--vae", "v", "--markings"])
+    assert teacher_config(args).markings is True
+
+    seen = []
+
+    class Recorder:
+        spatial_stride, device, dtype = 4, torch.device("cpu"), torch.float32
+
+        def encode(self, frames):
+            seen.append(frames)
+            return frames[:, :1, ::4, ::4, ::4].repeat(1, 16, 1, 1, 1)
+
+    monkeypatch.setattr("videossm_core.training.vae_training.load_trained_vae", lambda path: Recorder())
+    for markings in (False, True):
+        cfg = TeacherTrainConfig(workdir=str(tmp_path / str(markings)), vae="v", clips=2, clip_latent_frames=3,
+                                 height=32, width=32, markings=markings, object_weight=1.0)
+        teacher_mod._load_dataset(cfg, DistEnv())
+    plain, marked = (((f[0].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8) for f in seen)
+    readings = [[world.measure_frame(fr).marking for fr in clip] for clip in (plain, marked)]
+    assert not any(readings[0]) and sum(m is not None for m in readings[1]) >= 0.8 * len(readings[1])

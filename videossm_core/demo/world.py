@@ -876,6 +876,20 @@ def render_memory_episode(episode: MemoryEpisode, num_frames: int) -> np.ndarray
                            for st, a, b in zip(episode.states, starts, starts[1:])])
 
 
+def render_marking_masks(episode: MemoryEpisode, num_frames: int) -> np.ndarray:
+    """Bool ``[T, H, W]``: the pixels of the marking band (half or more covered by the object, inside the band's
+    rows) in each frame ``render_memory_episode`` draws for this episode; the recall loss weights them."""
+    starts = [s for s, _ in episode.schedule] + [num_frames]
+    out = np.zeros((num_frames, episode.states[0].height, episode.states[0].width), bool)
+    for st, a, b in zip(episode.states, starts, starts[1:]):
+        st = st.copy()
+        for t in range(a, b):
+            if st.marking is not None:
+                out[t] = (_object_alpha(st) >= 0.5) & _band_rows(st)[:, None]
+            _step(st)
+    return out
+
+
 def sample_memory_episode(rng: int | np.random.Generator | None, num_frames: int, height: int = 64,
                           width: int = 64, kinds: Sequence[str] = ("revisit", "return"),
                           chunk_frames: int = 12) -> MemoryEpisode:

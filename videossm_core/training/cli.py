@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--object-weight", type=float, default=0.0,
                    help="demo: extra flow-loss weight on the latent pixels the object touches")
     p.add_argument("--object-dilate", type=int, default=0, help="grow the weighted region by this many latent pixels")
+    p.add_argument("--markings", action="store_true",
+                   help="demo: train on the marked world (each scene's hidden marking), the teacher recall tuning needs")
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--compile", action="store_true")
     _add_autocast(p)
@@ -196,10 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-episodes", type=int, default=256)
     p.add_argument("--episode-frames", type=int, default=66, help="latent frames per episode (66 = 22 chunks, 16 s)")
     p.add_argument("--base-lr-scale", type=float, default=0.05,
-                   help="LR of the non-memory parameters relative to --lr (the memory and router train at --lr)")
+                   help="LR of the non-memory parameters relative to --lr (the memory and router train at --lr; "
+                        "0: they alone train, the rest stays frozen)")
     p.add_argument("--object-weight", type=float, default=4.0, help="extra loss weight on the object's latent pixels")
+    p.add_argument("--marking-weight", type=float, default=0.0,
+                   help="extra loss weight on the latent pixels of the hidden marking's band")
     p.add_argument("--event-weight", type=float, default=4.0,
-                   help="loss weight of the chunks from a revisit or return on (1 elsewhere)")
+                   help="loss weight of the chunks from a revisit or return on")
+    p.add_argument("--other-weight", type=float, default=1.0,
+                   help="loss weight of every other chunk (0: the loss only where only the memory can know)")
     _add_autocast(p)
     p.add_argument("--device", default="cpu", help="cpu, or cuda (each rank takes cuda:<local rank>)")
     p.set_defaults(func=cmd_recall)

@@ -16,6 +16,7 @@ sample is the same whichever rank handles it and after a resume.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -180,21 +181,24 @@ def pool_masks_to_latents(mask: Tensor, spatial_stride: int, dilate: int = 0) ->
 
 
 def latent_object_masks(num_clips: int, latent_frames: int, height: int, width: int, seed: int,
-                        dilate: int = 1, spatial_stride: int = 8) -> Tensor:
+                        dilate: int = 1, spatial_stride: int = 8, markings: bool = False) -> Tensor:
     """Where the object is, at latent resolution, for the clips ``encode_world_dataset`` encodes with the
     same arguments (they are re-rendered: rendering is cheap, encoding is not). ``[N, 1, F, H/s, W/s]`` uint8."""
     num_video = 1 + 4 * (latent_frames - 1)
     out = []
     for i in range(num_clips):
-        _, _, mask = world_batch(seed, 0, [i], num_video, height, width, with_masks=True)  # [1, 1, T, H, W]
+        _, _, mask = world_batch(seed, 0, [i], num_video, height, width, with_masks=True,
+                                 markings=markings)  # [1, 1, T, H, W]
         out.append(pool_masks_to_latents(mask, spatial_stride, dilate))
     return torch.cat(out)
 
 
 @torch.no_grad()
 def encode_world_dataset(vae, num_clips: int, latent_frames: int, height: int, width: int, seed: int,
-                         batch_size: int = 8, progress: Callable[[int, int], None] | None = None) -> LatentDataset:
-    """Render ``num_clips`` world clips of ``1 + 4 (latent_frames - 1)`` video frames and encode them.
+                         batch_size: int = 8, progress: Callable[[int, int], None] | None = None,
+                         markings: bool = False) -> LatentDataset:
+    """Render ``num_clips`` world clips of ``1 + 4 (latent_frames - 1)`` video frames and encode them
+    (``markings``: the marked world's, each scene with its hidden marking).
 
     Latents are the VAE's normalised posterior means, ``[N, C, latent_frames, H/8, W/8]``.
     """
@@ -202,7 +206,7 @@ def encode_world_dataset(vae, num_clips: int, latent_frames: int, height: int, w
     parts, prompts = [], []
     for start in range(0, num_clips, batch_size):
         idx = range(start, min(num_clips, start + batch_size))
-        frames, p = world_batch(seed, 0, idx, num_video, height, width)
+        frames, p = world_batch(seed, 0, idx, num_video, height, width, markings=markings)
         parts.append(vae.encode(frames.to(vae.device, vae.dtype)).float().cpu())
         prompts += p
         if progress is not None:
@@ -235,7 +239,9 @@ class EpisodeDataset:
     ``latents`` ``[N, C, F, h, w]`` (stored float16); ``masks`` ``[N, 1, F, h, w]`` uint8, the latent pixels the
     object touches; per episode, in latent frames, ``schedules[i] = [(frame, prompt), ...]`` (the first at 0, the
     rest on chunk starts) and ``events[i] = [{"kind", "frame", "hidden_frames", "prompt", "marking"}, ...]`` (frame:
-    the latent frame where the marking is back in view; hidden_frames in video frames).
+    the latent frame where the marking is back in view; hidden_frames in video frames). ``marking_masks``
+    ``[N, 1, F, h, w]`` uint8: the latent pixels the marking band touches (None in caches written before them:
+    ``with_marking_masks`` adds them).
     """
 
     latents: Tensor
@@ -243,6 +249,7 @@ class EpisodeDataset:
     schedules: list[list[tuple[int, str]]]
     events: list[list[dict]]
     fps: int = 16
+    marking_masks: Tensor | None = None
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -255,8 +262,10 @@ class EpisodeDataset:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
-        save_file({"latents": self.latents.half().contiguous(), "masks": self.masks.contiguous()}, str(tmp),
-                  metadata=meta)
+        tensors = {"latents": self.latents.half().contiguous(), "masks": self.masks.contiguous()}
+        if self.marking_masks is not None:
+            tensors["marking_masks"] = self.marking_masks.contiguous()
+        save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)
 
     @classmethod
@@ -270,8 +279,8 @@ class EpisodeDataset:
             raise ValueError(f"{path} is not a memory-episode cache")
         tensors = load_file(str(path))
         schedules = [[(int(f), str(p)) for f, p in sched] for sched in json.loads(meta["schedules"])]
-        return cls(tensors["latents"], tensors["masks"], schedules, json.loads(meta["events"]), int(meta.get("fps", 16)))
-
+        return cls(tensors["latents"], tensors["masks"], schedules, json.loads(meta["events"]), int(meta.get("fps", 16)),
+                   tensors.get("marking_masks"))
 
     @classmethod
     def interleave(cls, shards: Sequence["EpisodeDataset"]) -> "EpisodeDataset":
@@ -279,8 +288,27 @@ class EpisodeDataset:
         order = [(i, r) for r, shard in enumerate(shards) for i in range(len(shard))]
         order.sort(key=lambda ir: ir[0] * len(shards) + ir[1])
         pick = lambda name: [getattr(shards[r], name)[i] for i, r in order]  # noqa: E731
+        marked = all(s.marking_masks is not None for s in shards)
         return cls(torch.stack(pick("latents")), torch.stack(pick("masks")), pick("schedules"), pick("events"),
-                   shards[0].fps)
+                   shards[0].fps, torch.stack(pick("marking_masks")) if marked else None)
+
+    def with_marking_masks(self, seed: int, height: int, width: int, spatial_stride: int,
+                           kinds: Sequence[str] = ("revisit", "return"), chunk_frames: int = 3) -> "EpisodeDataset":
+        """This cache with its marking masks, re-planned from the seed it was encoded with (episode i is
+        ``encode_memory_episodes``' episode i; planning and masks need no rendering or VAE)."""
+        if self.marking_masks is not None:
+            return self
+        num_latent = self.latents.shape[2]
+        num_video = 1 + 4 * (num_latent - 1)
+        out = []
+        for i in range(len(self)):
+            rng = np.random.default_rng(sample_seed(seed, 0, i, "memory-episode"))
+            ep = world.memory_schedule(rng, num_video, height, width, kinds=tuple(kinds), chunk_frames=4 * chunk_frames)
+            if [(latent_frame_of(f), p) for f, p in ep.schedule] != self.schedules[i]:
+                raise ValueError(f"episode {i} does not re-plan to the cached one: wrong seed, size or kinds")
+            out.append(_latent_marking_mask(ep, num_video, spatial_stride))
+        return dataclasses.replace(self, marking_masks=torch.cat(out))
+
 
 
 @torch.no_grad()
@@ -293,7 +321,7 @@ def encode_memory_episodes(vae, episodes: int | Sequence[int], latent_frames: in
     indices = list(range(episodes)) if isinstance(episodes, int) else list(episodes)
     num_episodes = len(indices)
     num_video = 1 + 4 * (latent_frames - 1)
-    latents, masks, schedules, events = [], [], [], []
+    latents, masks, marking_masks, schedules, events = [], [], [], [], []
     for n, i in enumerate(indices):
         rng = np.random.default_rng(sample_seed(seed, 0, i, "memory-episode"))
         ep = world.sample_memory_episode(rng, num_video, height, width, kinds=tuple(kinds),
@@ -301,12 +329,21 @@ def encode_memory_episodes(vae, episodes: int | Sequence[int], latent_frames: in
         latents.append(vae.encode(frames_to_tensor(ep.frames).to(vae.device, vae.dtype)).float().cpu())
         fg = torch.from_numpy(foreground_masks(ep.frames))[None, None]  # [1, 1, T, H, W]
         masks.append(pool_masks_to_latents(fg, vae.spatial_stride, dilate=1))
+        marking_masks.append(_latent_marking_mask(ep, num_video, vae.spatial_stride))
         schedules.append([(latent_frame_of(f), p) for f, p in ep.schedule])
         events.append([{"kind": e.kind, "frame": latent_frame_of(e.frame), "hidden_frames": int(e.hidden_frames),
                         "prompt": e.prompt, "marking": e.marking} for e in ep.events])
         if progress is not None:
             progress(n + 1, num_episodes)
-    return EpisodeDataset(torch.cat(latents), torch.cat(masks), schedules, events)
+    return EpisodeDataset(torch.cat(latents), torch.cat(masks), schedules, events,
+                          marking_masks=torch.cat(marking_masks))
+
+
+def _latent_marking_mask(episode, num_video: int, spatial_stride: int) -> Tensor:
+    """The marking band's pixels at latent resolution ``[1, 1, F, h, w]`` uint8 (not dilated: the loss is on the
+    band itself)."""
+    band = torch.from_numpy(world.render_marking_masks(episode, num_video))[None, None]
+    return pool_masks_to_latents(band, spatial_stride)
 
 
 # ---------------------------------------------------------------------------------------------- prompts

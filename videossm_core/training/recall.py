@@ -71,7 +71,9 @@ class RecallConfig:
     grad_clip: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
     object_weight: float = 4.0  # extra loss weight on the latent pixels the object touches
+    marking_weight: float = 0.0  # extra loss weight on the latent pixels the hidden marking's band touches
     event_weight: float = 4.0  # loss weight of the chunks from an event on
+    other_weight: float = 1.0  # loss weight of every other chunk (0: the loss only where the memory must recall)
     event_chunks: int = 2
     denoising_steps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
     shift: float = 5.0
@@ -90,9 +92,11 @@ class RecallConfig:
             self.stream = dict(VARIANTS[self.variant])
 
 
-def chunk_weights(events: list[dict], num_chunks: int, chunk: int, event_weight: float, event_chunks: int) -> list[float]:
-    """Loss weight per chunk: ``event_weight`` for the ``event_chunks`` chunks from each event's frame, 1 elsewhere."""
-    weights = [1.0] * num_chunks
+def chunk_weights(events: list[dict], num_chunks: int, chunk: int, event_weight: float, event_chunks: int,
+                  other_weight: float = 1.0) -> list[float]:
+    """Loss weight per chunk: ``event_weight`` for the ``event_chunks`` chunks from each event's frame,
+    ``other_weight`` elsewhere."""
+    weights = [other_weight] * num_chunks
     for e in events:
         first = e["frame"] // chunk
         for c in range(first, min(num_chunks, first + event_chunks)):
@@ -102,13 +106,18 @@ def chunk_weights(events: list[dict], num_chunks: int, chunk: int, event_weight:
 
 def episode_loss(rollout: SelfRollout, conditioner: TextConditioner, latents: torch.Tensor, masks: torch.Tensor,
                  schedule: list[tuple[int, str]], weights: list[float], levels: list[int], noise: torch.Tensor,
-                 object_weight: float) -> tuple[torch.Tensor, list[float]]:
+                 object_weight: float, marking_masks: torch.Tensor | None = None,
+                 marking_weight: float = 0.0) -> tuple[torch.Tensor, list[float]]:
     """Stream one episode with teacher forcing; the weighted x0 loss over its chunks (graph attached) and the
     per-chunk unweighted errors.
 
-    ``latents`` ``[1, C, F, h, w]``, ``masks`` ``[1, 1, F, h, w]``, ``levels[c]`` the denoising step chunk c is
-    noised to, ``noise`` like ``latents``. Prompts switch with LongLive's re-cache where the schedule says.
+    ``latents`` ``[1, C, F, h, w]``, ``masks`` and ``marking_masks`` ``[1, 1, F, h, w]``, ``levels[c]`` the
+    denoising step chunk c is noised to, ``noise`` like ``latents``. Prompts switch with LongLive's re-cache where
+    the schedule says. Chunks of weight 0 are still streamed (they fill the cache and the memory).
     """
+    pixel_weight = 1.0 + object_weight * masks
+    if marking_weight:
+        pixel_weight = pixel_weight + marking_weight * marking_masks
     cfg = rollout.config
     chunk = cfg.stream.chunk_frames
     scale = cfg.sampling.num_train_timesteps
@@ -125,7 +134,7 @@ def episode_loss(rollout: SelfRollout, conditioner: TextConditioner, latents: to
         s = t / scale
         x = (1.0 - s) * target + s * noise[:, :, start:start + chunk]
         x0 = x - s * rollout._call(state, x, t, start)
-        err = (x0 - target).pow(2) * (1.0 + object_weight * masks[:, :, start:start + chunk])
+        err = (x0 - target).pow(2) * pixel_weight[:, :, start:start + chunk]
         total = total + weights[c] * err.mean()
         errors.append(float(err.detach().mean()))
         # The clean pass writes the true chunk into the window; with the memory trained it caches the chunk's gates
@@ -133,7 +142,7 @@ def episode_loss(rollout: SelfRollout, conditioner: TextConditioner, latents: to
         with torch.set_grad_enabled(memory_grad):
             rollout._call(state, target, cfg.sampling.context_timestep, start)
         remember_recent_latents_inplace(state, target, start)
-    return total / sum(weights), errors
+    return total / max(sum(weights), 1e-8), errors
 
 
 def load_episodes(cfg: RecallConfig, env: DistEnv, poll_s: float = 2.0, timeout_s: float = 4 * 3600) -> EpisodeDataset:
@@ -162,7 +171,12 @@ def load_episodes(cfg: RecallConfig, env: DistEnv, poll_s: float = 2.0, timeout_
             for p in waiting:
                 p.unlink()
     barrier(env)
-    return EpisodeDataset.load(path)
+    data = EpisodeDataset.load(path)
+    if cfg.marking_weight and data.marking_masks is None:  # a cache encoded before marking masks existed
+        height, width = DEFAULT_RESOLUTION
+        data = data.with_marking_masks(cfg.seed + 2000, height, width, height // data.latents.shape[-2], cfg.kinds,
+                                       cfg.stream["chunk_frames"])
+    return data
 
 
 def train_recall(cfg: RecallConfig, env: DistEnv, student: CausalWanModel | None = None,
@@ -187,10 +201,16 @@ def train_recall(cfg: RecallConfig, env: DistEnv, student: CausalWanModel | None
     num_chunks = min(cfg.episode_frames, data.latents.shape[2]) // chunk
 
     mem_params = [p for n, p in student.named_parameters() if memory_param(n)]
-    base_params = [p for n, p in student.named_parameters() if not memory_param(n)]
-    student.requires_grad_(True)
-    opt = make_adamw([{"params": mem_params, "lr_scale": 1.0},
-                      {"params": base_params, "lr_scale": cfg.base_lr_scale}], cfg.lr, betas=cfg.betas)
+    # --base-lr-scale 0 trains the memory and router alone: the base stays as it was (and costs no weight gradients).
+    base_params = [p for n, p in student.named_parameters() if not memory_param(n)] if cfg.base_lr_scale else []
+    student.requires_grad_(False)
+    for p in mem_params + base_params:
+        p.requires_grad_(True)
+    if not base_params and not (cfg.stream.get("memory") and mem_params):
+        raise ValueError(f"variant {cfg.variant!r} has no memory, so with --base-lr-scale 0 it has nothing to train")
+    groups = [{"params": mem_params, "lr_scale": 1.0}] + ([{"params": base_params, "lr_scale": cfg.base_lr_scale}]
+                                                            if base_params else [])
+    opt = make_adamw([g for g in groups if g["params"]], cfg.lr, betas=cfg.betas)
     stream = StreamConfig(**cfg.stream)
     rollout = SelfRollout(student, RolloutConfig(stream, sampling_config(cfg), train_memory=True))
     num_levels = len(rollout.timesteps)
@@ -207,16 +227,19 @@ def train_recall(cfg: RecallConfig, env: DistEnv, student: CausalWanModel | None
             ep = int(torch.randint(len(data), (), generator=gen))
             latents = data.latents[ep:ep + 1, :, :num_chunks * chunk].float().to(device)
             masks = data.masks[ep:ep + 1, :, :num_chunks * chunk].float().to(device)
+            marking = (data.marking_masks[ep:ep + 1, :, :num_chunks * chunk].float().to(device)
+                       if cfg.marking_weight else None)
             levels = torch.randint(num_levels, (num_chunks,), generator=gen).tolist()
             noise = torch.randn(latents.shape, generator=gen).to(device)
-            weights = chunk_weights(data.events[ep], num_chunks, chunk, cfg.event_weight, cfg.event_chunks)
+            weights = chunk_weights(data.events[ep], num_chunks, chunk, cfg.event_weight, cfg.event_chunks,
+                                    cfg.other_weight)
             with autocast(cfg.autocast, device):
                 loss, errors = episode_loss(rollout, conditioner, latents, masks, data.schedules[ep], weights, levels,
-                                            noise, cfg.object_weight)
+                                            noise, cfg.object_weight, marking, cfg.marking_weight)
             (loss / len(idx)).backward()
             losses.append(float(loss.detach()))
-            event_err += [e for e, w in zip(errors, weights) if w != 1.0]
-            other_err += [e for e, w in zip(errors, weights) if w == 1.0]
+            event_err += [e for e, w in zip(errors, weights) if w != cfg.other_weight]
+            other_err += [e for e, w in zip(errors, weights) if w == cfg.other_weight]
         grad_norm = optimizer_step(opt, mem_params + base_params, env, cfg.grad_clip)
         step += 1
         record = {"stage": "recall", "step": step, "variant": cfg.variant, "loss": float(np.mean(losses)),
@@ -242,3 +265,58 @@ def train_recall(cfg: RecallConfig, env: DistEnv, student: CausalWanModel | None
             META_DEMO: json.dumps({"fps": DEFAULT_FPS, "resolution": list(DEFAULT_RESOLUTION)}),
         })
     return summary
+
+
+@torch.no_grad()
+def teacher_forced_recall(model: CausalWanModel, stream: StreamConfig, sampling, conditioner: TextConditioner, vae,
+                          data: EpisodeDataset, seed: int = 0, event_chunks: int = 2,
+                          kinds: tuple[str, ...] = ("revisit",)) -> list[dict[str, Any]]:
+    """What the memory recalls, apart from what a generator draws on a first visit.
+
+    For every event of every episode the *true* past is streamed into the cache (teacher forcing) up to the event's
+    chunk; then ``event_chunks`` chunks are sampled from noise with the few-step sampler, decoded after the true
+    past, and their marking read back with the world's ``measure_frame`` (majority over the frames that show one).
+    The first visit is the world's own, so a marking drawn afresh matches by chance alone (uniform over the
+    candidates), and by construction neither the window (scene B) nor the sink (scene X) holds it. Revisits only by
+    default: under teacher forcing a returning object's band is already in the window while it re-enters.
+    Returns one row per event: kind, prompt, the true marking, the one drawn (None: none shown), hit, chance.
+    """
+    from ..demo import world
+    from ..training.data import tensor_to_frames
+
+    rollout = SelfRollout(model, RolloutConfig(stream, sampling))
+    chunk, last_step = stream.chunk_frames, len(rollout.timesteps) - 1
+    rows = []
+    for ep in range(len(data)):
+        latents = data.latents[ep:ep + 1].float().to(model.device)
+        switches = {frame: prompt for frame, prompt in data.schedules[ep][1:]}
+        for n, event in enumerate(data.events[ep]):
+            first = event["frame"] // chunk
+            if event["kind"] not in kinds or (first + event_chunks) * chunk > latents.shape[2]:
+                continue
+            state = rollout.new_state(1, conditioner([data.schedules[ep][0][1]]))
+            sampled = []
+            for c in range(first + event_chunks):
+                start = c * chunk
+                if start in switches:
+                    rollout.switch_prompt(state, conditioner([switches[start]]))
+                if c < first:
+                    target = latents[:, :, start:start + chunk]
+                    rollout._call(state, target, sampling.context_timestep, start)
+                    remember_recent_latents_inplace(state, target, start)
+                    continue
+                gen = sample_generator(seed, ep, n * 100 + c, "teacher-forced-recall")
+                shape = latents[:, :, start:start + chunk].shape
+                noise = [torch.randn(shape, generator=gen).to(model.device) for _ in rollout.timesteps]
+                sampled.append(rollout.run_chunks(state, 1, lambda _c, k: noise[k], [last_step], grad=False))
+            video = torch.cat([latents[:, :, :first * chunk], *sampled], 2)
+            frames = tensor_to_frames(vae.decode(video.to(vae.device, vae.dtype)).float())[0]
+            lo = 4 * first * chunk - 3  # latent frame f >= 1 decodes to video frames 4f-3 .. 4f
+            read = [m.marking for m in map(world.measure_frame, frames[lo:lo + 4 * event_chunks * chunk])
+                    if m.marking is not None]
+            drawn = max(set(read), key=read.count) if read else None
+            colour = world.parse_prompt(event["prompt"]).colour
+            rows.append({"episode": ep, "kind": event["kind"], "prompt": event["prompt"], "marking": event["marking"],
+                         "drawn": drawn, "hit": drawn == event["marking"],
+                         "chance": 1.0 / len(world.marking_candidates(colour))})
+    return rows

@@ -56,6 +56,7 @@ class TeacherTrainConfig:
     prompt_dropout: float = 0.1
     object_weight: float = 0.0  # extra loss weight on latent pixels the object touches (the object is ~5 % of them)
     object_dilate: int = 0  # grow that region by this many latent pixels (weights the object's surroundings too)
+    markings: bool = False  # demo: clips of the marked world (each scene's hidden marking), for recall tuning
     ema: float = 0.995
     compile: bool = False
     autocast: str | None = None  # "bf16": forward passes under torch.autocast (common.autocast)
@@ -166,10 +167,11 @@ def _load_dataset(cfg: TeacherTrainConfig, env: DistEnv) -> LatentDataset:
     vae = load_trained_vae(cfg.vae)
     dataset = cached_world_dataset(Path(cfg.workdir) / "latents.safetensors", vae, env, num_clips=cfg.clips,
                                    latent_frames=cfg.clip_latent_frames, height=cfg.height, width=cfg.width,
-                                   seed=cfg.seed + 1000)
+                                   seed=cfg.seed + 1000, markings=cfg.markings)
     if cfg.object_weight > 0:
         dataset.masks = latent_object_masks(cfg.clips, cfg.clip_latent_frames, cfg.height, cfg.width, cfg.seed + 1000,
-                                            dilate=cfg.object_dilate, spatial_stride=vae.spatial_stride)
+                                            dilate=cfg.object_dilate, spatial_stride=vae.spatial_stride,
+                                            markings=cfg.markings)
     return dataset
 
 
