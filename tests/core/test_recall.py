@@ -274,3 +274,28 @@ def test_teacher_forced_recall_reads_the_marking_of_the_revisit_chunks(monkeypat
         rows = teacher_forced_recall(*args)
         assert rows and all(r["kind"] == "revisit" for r in rows)
         assert [r["hit"] for r in rows] == [expected] * len(rows), rows
+
+
+def test_base_params_and_retention_frames_pick_what_trains_and_how_long_the_memory_keeps(tmp_path):
+    """--base-params trains only the named non-memory weights (here the memory's addressing: the self-attention's q
+    and k); --retention-frames re-sets the decay so a state keeps half its content after that many frames."""
+    from videossm_core.model.delta_rule import compute_gates
+    from videossm_core.training.stage2 import memory_param
+
+    student = make_tiny_model(seed=1, active_memory=True)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    train_recall(_cfg(tmp_path, base_params=("self_attn.q.", "self_attn.k."), retention_frames=100, steps=1),
+                 DistEnv(), student=student, conditioner=_conditioner(), data=_episodes(),
+                 log=LossLog(tmp_path, DistEnv(), "log", quiet=True))
+    after = student.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    base_moved = {k for k in moved if not memory_param(k)}
+    assert base_moved and all(".self_attn.q." in k or ".self_attn.k." in k for k in base_moved), base_moved
+    fresh = make_tiny_model(seed=1, active_memory=True)
+    from videossm_core.training.recall import set_memory_half_life
+
+    set_memory_half_life(fresh, 100)
+    m = fresh.blocks[0].self_attn.memory
+    g, _ = compute_gates(m.alpha_proj.bias.expand(1, 1, -1), m.beta_proj.bias.expand(1, 1, -1), m.A_log)
+    per_frame = g * fresh.config.memory.init_tokens_per_frame
+    assert torch.allclose(torch.exp(100 * per_frame), torch.full_like(per_frame, 0.5), atol=1e-4)

@@ -201,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LR of the non-memory parameters relative to --lr (the memory and router train at --lr; "
                         "0: they alone train, the rest stays frozen)")
     p.add_argument("--object-weight", type=float, default=4.0, help="extra loss weight on the object's latent pixels")
+    p.add_argument("--base-params", nargs="+", default=(),
+                   help="only the non-memory parameters whose names contain one of these train (default: all), e.g. "
+                        "self_attn.q. self_attn.k. self_attn.norm_q self_attn.norm_k: the memory's keys and queries")
+    p.add_argument("--retention-frames", type=int, default=None,
+                   help="re-initialise the memory's decay for this half-life in latent frames before tuning")
     p.add_argument("--marking-weight", type=float, default=0.0,
                    help="extra loss weight on the latent pixels of the hidden marking's band")
     p.add_argument("--event-weight", type=float, default=4.0,

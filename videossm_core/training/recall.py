@@ -22,6 +22,7 @@ memory). The student file records the stream settings it was tuned with.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,11 @@ class RecallConfig:
     batch_size: int = 4
     lr: float = 1e-3  # memory and router
     base_lr_scale: float = 0.05  # the rest of the student, relative to lr
+    # Only the non-memory parameters whose names contain one of these train (empty: all), e.g. the self-attention's
+    # q/k projections and norms, which are also the memory's addressing (its keys and queries).
+    base_params: tuple[str, ...] = ()
+    # Re-initialise the memory's decay bias for a half-life of this many latent frames before tuning (None: keep).
+    retention_frames: int | None = None
     warmup: int = 10
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
@@ -145,6 +151,26 @@ def episode_loss(rollout: SelfRollout, conditioner: TextConditioner, latents: to
     return total / max(sum(weights), 1e-8), errors
 
 
+def step_zero(workdir: Path) -> bool:
+    """No checkpoint yet: a run starting, not resuming (a resumed run's weights already carry its changes)."""
+    return not any((workdir / "checkpoints").glob("step_*"))
+
+
+@torch.no_grad()
+def set_memory_half_life(model: CausalWanModel, frames: int) -> None:
+    """Set every block's memory decay bias so that an input-independent gate keeps half the state after ``frames``
+    evicted latent frames (the gates' input weights and A_log stay as trained)."""
+    from ..model.delta_rule import retention_gate_bias
+
+    mem = model.config.memory
+    log_decay = math.log(0.5) / (frames * mem.init_tokens_per_frame)
+    for block in model.blocks:
+        m = block.self_attn.memory
+        if m is not None:
+            for h, a_log in enumerate(m.A_log.tolist()):
+                m.alpha_proj.bias[h] = retention_gate_bias(log_decay, a_log)
+
+
 def load_episodes(cfg: RecallConfig, env: DistEnv, poll_s: float = 2.0, timeout_s: float = 4 * 3600) -> EpisodeDataset:
     """The episode cache, encoded first (with ``cfg.vae``, at the demo's resolution) when it does not exist: every
     rank encodes its share (episodes rank, rank + W, ...) into a shard file, rank 0 joins them. Ranks wait by polling
@@ -200,9 +226,12 @@ def train_recall(cfg: RecallConfig, env: DistEnv, student: CausalWanModel | None
     chunk = cfg.stream["chunk_frames"]
     num_chunks = min(cfg.episode_frames, data.latents.shape[2]) // chunk
 
+    if cfg.retention_frames and step_zero(workdir):
+        set_memory_half_life(student, cfg.retention_frames)
     mem_params = [p for n, p in student.named_parameters() if memory_param(n)]
     # --base-lr-scale 0 trains the memory and router alone: the base stays as it was (and costs no weight gradients).
-    base_params = [p for n, p in student.named_parameters() if not memory_param(n)] if cfg.base_lr_scale else []
+    base_params = [p for n, p in student.named_parameters() if not memory_param(n)
+                   and (not cfg.base_params or any(s in n for s in cfg.base_params))] if cfg.base_lr_scale else []
     student.requires_grad_(False)
     for p in mem_params + base_params:
         p.requires_grad_(True)
@@ -312,11 +341,18 @@ def teacher_forced_recall(model: CausalWanModel, stream: StreamConfig, sampling,
             video = torch.cat([latents[:, :, :first * chunk], *sampled], 2)
             frames = tensor_to_frames(vae.decode(video.to(vae.device, vae.dtype)).float())[0]
             lo = 4 * first * chunk - 3  # latent frame f >= 1 decodes to video frames 4f-3 .. 4f
-            read = [m.marking for m in map(world.measure_frame, frames[lo:lo + 4 * event_chunks * chunk])
-                    if m.marking is not None]
-            drawn = max(set(read), key=read.count) if read else None
+            drawn = _majority_marking(frames[lo:lo + 4 * event_chunks * chunk])
+            window = _majority_marking(frames[max(0, lo - 4 * chunk):lo])  # the true chunk before: scene B's
             colour = world.parse_prompt(event["prompt"]).colour
             rows.append({"episode": ep, "kind": event["kind"], "prompt": event["prompt"], "marking": event["marking"],
-                         "drawn": drawn, "hit": drawn == event["marking"],
+                         "drawn": drawn, "hit": drawn == event["marking"], "window_marking": window,
                          "chance": 1.0 / len(world.marking_candidates(colour))})
     return rows
+
+
+def _majority_marking(frames) -> str | None:
+    """The marking most frames read back (``world.measure_frame``), None when none shows one."""
+    from ..demo import world
+
+    read = [m.marking for m in map(world.measure_frame, frames) if m.marking is not None]
+    return max(set(read), key=read.count) if read else None
