@@ -28,7 +28,9 @@ draws one when the scene first appears; what is measured is whether the *same* m
 With ``--teacher-forced N`` each variant also takes the *teacher-forced* recall test on N held-out episodes
 (``recall.teacher_forced_recall``): the world's true past streamed into its cache up to a revisit, the revisit's
 first 2 chunks sampled, their marking read back. The first visit is the world's own there, so chance is exactly
-uniform, and the test measures what the memory recalls apart from how the generator draws first visits.
+uniform, and the test measures what the memory recalls apart from how the generator draws first visits. Beside it,
+how often the revisit shows the marking of the scene in the window just before (B's, never A's): copying, not
+remembering.
 
 Rates pool the events of all seeds, with Wilson 95 % intervals. The world's own frames, passed through the same VAE,
 are measured the same way (the "world" row): the ceiling of what the measurement can read.
@@ -364,7 +366,10 @@ def teacher_forced_task(task: dict[str, Any]) -> dict[str, Any]:
 def summarise_teacher_forced(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"recall": wilson(sum(r["hit"] for r in rows), len(rows)), "events": len(rows),
             "chance": float(np.mean([r["chance"] for r in rows])) if rows else float("nan"),
-            "none_drawn": sum(r["drawn"] is None for r in rows)}
+            "none_drawn": sum(r["drawn"] is None for r in rows),
+            # the marking of the scene in the window (B, never A's) drawn on A: copying, not remembering
+            "window_copied": wilson(sum(r["drawn"] is not None and r["drawn"] == r["window_marking"] for r in rows),
+                                    len(rows))}
 
 
 def _vae(task: dict[str, Any], bundle):
@@ -503,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{ {n: round(d['wall_s']) for n, d in forced.items()} })")
         for name, r in tf_results.items():
             print(f"{name:10} | {_fmt(r['recall']):18} chance {100 * r['chance']:3.0f}% | n {r['events']:3d} | "
-                  f"none drawn {r['none_drawn']}")
+                  f"window's marking copied {_fmt(r['window_copied'])} | none drawn {r['none_drawn']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"seeds": seeds, "seconds": seconds, "wall_s": walls, "results": results,

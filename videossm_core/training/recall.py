@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,7 @@ def episode_loss(rollout: SelfRollout, conditioner: TextConditioner, latents: to
     return total / max(sum(weights), 1e-8), errors
 
 
-def step_zero(workdir: Path) -> bool:
+def starting_fresh(workdir: Path) -> bool:
     """No checkpoint yet: a run starting, not resuming (a resumed run's weights already carry its changes)."""
     return not any((workdir / "checkpoints").glob("step_*"))
 
@@ -226,7 +227,7 @@ def train_recall(cfg: RecallConfig, env: DistEnv, student: CausalWanModel | None
     chunk = cfg.stream["chunk_frames"]
     num_chunks = min(cfg.episode_frames, data.latents.shape[2]) // chunk
 
-    if cfg.retention_frames and step_zero(workdir):
+    if cfg.retention_frames and starting_fresh(workdir):
         set_memory_half_life(student, cfg.retention_frames)
     mem_params = [p for n, p in student.named_parameters() if memory_param(n)]
     # --base-lr-scale 0 trains the memory and router alone: the base stays as it was (and costs no weight gradients).
@@ -267,8 +268,9 @@ def train_recall(cfg: RecallConfig, env: DistEnv, student: CausalWanModel | None
                                             noise, cfg.object_weight, marking, cfg.marking_weight)
             (loss / len(idx)).backward()
             losses.append(float(loss.detach()))
-            event_err += [e for e, w in zip(errors, weights) if w != cfg.other_weight]
-            other_err += [e for e, w in zip(errors, weights) if w == cfg.other_weight]
+            is_event = chunk_weights(data.events[ep], num_chunks, chunk, 1.0, cfg.event_chunks, 0.0)
+            event_err += [e for e, w in zip(errors, is_event) if w]
+            other_err += [e for e, w in zip(errors, is_event) if not w]
         grad_norm = optimizer_step(opt, mem_params + base_params, env, cfg.grad_clip)
         step += 1
         record = {"stage": "recall", "step": step, "variant": cfg.variant, "loss": float(np.mean(losses)),
@@ -308,10 +310,11 @@ def teacher_forced_recall(model: CausalWanModel, stream: StreamConfig, sampling,
     The first visit is the world's own, so a marking drawn afresh matches by chance alone (uniform over the
     candidates), and by construction neither the window (scene B) nor the sink (scene X) holds it. Revisits only by
     default: under teacher forcing a returning object's band is already in the window while it re-enters.
-    Returns one row per event: kind, prompt, the true marking, the one drawn (None: none shown), hit, chance.
+    Returns one row per event: kind, prompt, the true marking, the one drawn (None: none shown), hit, the marking
+    the window showed just before (scene B's: what a generator that copies its window draws), chance.
     """
     from ..demo import world
-    from ..training.data import tensor_to_frames
+    from .data import tensor_to_frames
 
     rollout = SelfRollout(model, RolloutConfig(stream, sampling))
     chunk, last_step = stream.chunk_frames, len(rollout.timesteps) - 1
@@ -354,5 +357,5 @@ def _majority_marking(frames) -> str | None:
     """The marking most frames read back (``world.measure_frame``), None when none shows one."""
     from ..demo import world
 
-    read = [m.marking for m in map(world.measure_frame, frames) if m.marking is not None]
-    return max(set(read), key=read.count) if read else None
+    read = Counter(m.marking for m in map(world.measure_frame, frames) if m.marking is not None)
+    return min(read, key=lambda name: (-read[name], name)) if read else None  # ties by name: reproducible
