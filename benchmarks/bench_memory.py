@@ -424,8 +424,6 @@ HELD_OUT_SEED = 7000  # recall tuning encodes its episodes with seed 2000 (its -
 def encode_held_out(num_episodes: int, path: str, vae_path: str | None, weights: str | None) -> None:
     """``num_episodes`` memory episodes the recall stage never trains on, encoded (16 s each) into ``path``; revisits
     only (the teacher-forced test scores those)."""
-    import torch
-
     from videossm_core.demo.bundle import load_demo_bundle
     from videossm_core.training.data import encode_memory_episodes
 
@@ -478,9 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="bench_memory_")
         episodes = os.path.join(tmp.name, "episodes.safetensors")
         encode_held_out(num_tf, episodes, args.vae, args.weights)
-        # The long tasks first: a pool finishes sooner when its longest tasks start first.
-        tasks += [{"name": name, "path": paths.get(name), "seed": 0, "vae": args.vae, "weights": args.weights,
-                   "episodes": episodes} for name in names]
+        # First: a variant's whole test is longer than one video, and a pool finishes sooner with its longest tasks first.
+        tasks = [{"name": name, "path": paths.get(name), "seed": 0, "vae": args.vae, "weights": args.weights,
+                  "episodes": episodes} for name in names] + tasks
     if args.jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
