@@ -310,7 +310,6 @@ class EpisodeDataset:
         return dataclasses.replace(self, marking_masks=torch.cat(out))
 
 
-
 @torch.no_grad()
 def encode_memory_episodes(vae, episodes: int | Sequence[int], latent_frames: int, height: int, width: int,
                            seed: int, kinds: Sequence[str] = ("revisit", "return"), chunk_frames: int = 3,

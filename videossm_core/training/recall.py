@@ -177,6 +177,7 @@ def load_episodes(cfg: RecallConfig, env: DistEnv, poll_s: float = 2.0, timeout_
     rank encodes its share (episodes rank, rank + W, ...) into a shard file, rank 0 joins them. Ranks wait by polling
     for files, not in a collective: encoding can outlast the process group's timeout."""
     path = Path(cfg.episodes or Path(cfg.workdir) / "episodes.safetensors")
+    seed = cfg.seed + 2000  # the episodes' seed: the marking masks of an older cache are re-planned from it
     if not path.is_file():
         if not cfg.vae:
             raise FileNotFoundError(f"{path} does not exist: pass --vae to encode the memory episodes")
@@ -185,7 +186,7 @@ def load_episodes(cfg: RecallConfig, env: DistEnv, poll_s: float = 2.0, timeout_
         vae = load_trained_vae(cfg.vae)
         shard = lambda r: path.with_name(f"{path.name}.shard{r}-of-{env.world_size}")  # noqa: E731
         encode_memory_episodes(vae, range(env.rank, cfg.num_episodes, env.world_size), cfg.episode_frames,
-                               *DEFAULT_RESOLUTION, cfg.seed + 2000, cfg.kinds,
+                               *DEFAULT_RESOLUTION, seed, cfg.kinds,
                                chunk_frames=cfg.stream["chunk_frames"]).save(shard(env.rank))
         waiting = [shard(r) for r in range(env.world_size)] if env.is_main else [path]
         deadline = time.time() + timeout_s
@@ -201,7 +202,7 @@ def load_episodes(cfg: RecallConfig, env: DistEnv, poll_s: float = 2.0, timeout_
     data = EpisodeDataset.load(path)
     if cfg.marking_weight and data.marking_masks is None:  # a cache encoded before marking masks existed
         height, width = DEFAULT_RESOLUTION
-        data = data.with_marking_masks(cfg.seed + 2000, height, width, height // data.latents.shape[-2], cfg.kinds,
+        data = data.with_marking_masks(seed, height, width, height // data.latents.shape[-2], cfg.kinds,
                                        cfg.stream["chunk_frames"])
     return data
 
